@@ -1,0 +1,187 @@
+#pragma once
+/// \file accumulators.hpp
+/// Streaming calibration statistics: the GPTQ Hessian and the sample-averaged activations.
+///
+/// Both are sums with counts, so shards accumulated separately (other batches, other machines)
+/// combine with merge() into exactly the statistic of all their tokens together.
+
+#include <q2n/detail/check.hpp>
+
+#include <Eigen/Core>
+
+#include <cstdint>
+
+namespace q2n {
+
+/// Accumulates the GPTQ Hessian `H = (2/N) Σ_t x_t x_tᵀ` over calibration tokens.
+///
+/// Each batch's product `XᵀX` is formed in the batch's own scalar type (a single GEMM, so
+/// float input runs at float speed) and added into a running sum kept in double, so that
+/// N in the hundreds of thousands of tokens does not erode the sum.
+///
+/// \code
+/// q2n::HessianAccumulator acc(cols);
+/// for (const auto& batch : batches) acc.add(batch);   // batch: tokens × cols
+/// Eigen::MatrixXf H = acc.hessian_as<float>();
+/// \endcode
+class HessianAccumulator {
+ public:
+  /// \param cols input dimension of the layer (columns of W); must be positive.
+  explicit HessianAccumulator(Eigen::Index cols) : cols_(cols) {
+    if (cols <= 0)
+      detail::fail("q2n::HessianAccumulator: cols = ", cols, " must be positive");
+    sum_.setZero(cols, cols);
+  }
+
+  /// Adds a batch of tokens, one per row (n × cols; n may be 0).
+  template <class Derived>
+  void add(const Eigen::MatrixBase<Derived>& tokens) {
+    using S = typename Derived::Scalar;
+    static_assert(!Eigen::NumTraits<S>::IsInteger,
+                  "q2n::HessianAccumulator::add: pass floating-point activations (cast integers)");
+    detail::require_shape(tokens, -1, cols_, "q2n::HessianAccumulator::add", "tokens");
+    if (tokens.rows() == 0) return;
+    detail::require_finite(tokens, "q2n::HessianAccumulator::add", "tokens");
+    // Lower triangle via a symmetric rank-k update, then mirrored once in hessian().
+    Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> xtx =
+        Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>::Zero(cols_, cols_);
+    xtx.template selfadjointView<Eigen::Lower>().rankUpdate(tokens.transpose());
+    sum_.template triangularView<Eigen::Lower>() += xtx.template cast<double>();
+    tokens_ += tokens.rows();
+  }
+
+  /// Adds the statistics of another accumulator (same cols) to this one.
+  void merge(const HessianAccumulator& other) {
+    if (other.cols_ != cols_)
+      detail::fail("q2n::HessianAccumulator::merge: other has cols = ", other.cols_,
+                   " but this accumulator has cols = ", cols_,
+                   "; merge only accumulators of the same layer");
+    sum_.triangularView<Eigen::Lower>() += other.sum_;
+    tokens_ += other.tokens_;
+  }
+
+  Eigen::Index cols() const { return cols_; }
+  /// Number of tokens added so far (N).
+  std::int64_t tokens() const { return tokens_; }
+
+  /// \return `(2/N) Σ x xᵀ` as a full symmetric matrix in double.
+  Eigen::MatrixXd hessian() const {
+    if (tokens_ == 0)
+      detail::fail("q2n::HessianAccumulator::hessian: no tokens were added; "
+                   "add calibration activations first");
+    Eigen::MatrixXd h = sum_.selfadjointView<Eigen::Lower>();
+    h *= 2.0 / static_cast<double>(tokens_);
+    return h;
+  }
+
+  /// \return hessian() converted to Scalar.
+  template <class Scalar>
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> hessian_as() const {
+    return hessian().cast<Scalar>();
+  }
+
+ private:
+  Eigen::Index cols_;
+  std::int64_t tokens_ = 0;
+  Eigen::MatrixXd sum_;  // lower triangle of Σ x xᵀ
+};
+
+/// Accumulates the sample-averaged activations `Ā` (positions × cols): position by position,
+/// the mean over calibration sequences, every sequence weighted equally (1/S).
+///
+/// All sequences must have the same length; the first one added fixes it.
+///
+/// \code
+/// q2n::SampleMeanAccumulator acc(cols);
+/// for (const auto& seq : sequences) acc.add_sequence(seq);   // seq: seqlen × cols
+/// Eigen::MatrixXd abar = acc.mean();
+/// \endcode
+class SampleMeanAccumulator {
+ public:
+  /// \param cols input dimension of the layer; must be positive.
+  explicit SampleMeanAccumulator(Eigen::Index cols) : cols_(cols) {
+    if (cols <= 0)
+      detail::fail("q2n::SampleMeanAccumulator: cols = ", cols, " must be positive");
+  }
+
+  /// Adds one calibration sequence (seqlen × cols, one token per row).
+  template <class Derived>
+  void add_sequence(const Eigen::MatrixBase<Derived>& seq) {
+    check_block(seq, seq.rows(), "q2n::SampleMeanAccumulator::add_sequence", "seq");
+    sum_ += seq.template cast<double>();
+    ++samples_;
+  }
+
+  /// Adds S sequences stacked by rows ((S·seqlen) × cols), sequence s in rows [s·seqlen, (s+1)·seqlen).
+  template <class Derived>
+  void add_sequences(const Eigen::MatrixBase<Derived>& tokens, Eigen::Index seqlen) {
+    const char* fn = "q2n::SampleMeanAccumulator::add_sequences";
+    if (seqlen <= 0) detail::fail(fn, ": seqlen = ", seqlen, " must be positive");
+    if (tokens.rows() % seqlen != 0)
+      detail::fail(fn, ": tokens has ", tokens.rows(), " rows, not a multiple of seqlen = ",
+                   seqlen, "; pass whole sequences stacked by rows");
+    check_block(tokens, seqlen, fn, "tokens");
+    for (Eigen::Index r = 0; r < tokens.rows(); r += seqlen, ++samples_)
+      sum_ += tokens.middleRows(r, seqlen).template cast<double>();
+  }
+
+  /// Adds the sequences of another accumulator (same cols and seqlen) to this one.
+  void merge(const SampleMeanAccumulator& other) {
+    const char* fn = "q2n::SampleMeanAccumulator::merge";
+    if (other.cols_ != cols_)
+      detail::fail(fn, ": other has cols = ", other.cols_, " but this accumulator has cols = ",
+                   cols_, "; merge only accumulators of the same layer");
+    if (other.samples_ == 0) return;
+    if (samples_ == 0) {
+      *this = other;
+      return;
+    }
+    if (other.seqlen() != seqlen())
+      detail::fail(fn, ": other has seqlen = ", other.seqlen(), " but this accumulator has seqlen = ",
+                   seqlen(), "; all calibration sequences must have the same length");
+    sum_ += other.sum_;
+    samples_ += other.samples_;
+  }
+
+  Eigen::Index cols() const { return cols_; }
+  /// Sequence length T fixed by the first sequence (0 before any).
+  Eigen::Index seqlen() const { return sum_.rows(); }
+  /// Number of sequences added (S).
+  std::int64_t samples() const { return samples_; }
+
+  /// \return Ā = (1/S) Σ_s X_s in double (seqlen × cols).
+  Eigen::MatrixXd mean() const {
+    if (samples_ == 0)
+      detail::fail("q2n::SampleMeanAccumulator::mean: no sequences were added; "
+                   "add calibration activations first");
+    return sum_ / static_cast<double>(samples_);
+  }
+
+  /// \return mean() converted to Scalar.
+  template <class Scalar>
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> mean_as() const {
+    return mean().cast<Scalar>();
+  }
+
+ private:
+  template <class Derived>
+  void check_block(const Eigen::MatrixBase<Derived>& m, Eigen::Index seqlen, const char* fn,
+                   const char* name) {
+    static_assert(!Eigen::NumTraits<typename Derived::Scalar>::IsInteger,
+                  "q2n::SampleMeanAccumulator: pass floating-point activations (cast integers)");
+    detail::require_shape(m, -1, cols_, fn, name);
+    if (seqlen == 0) detail::fail(fn, ": ", name, " is empty; pass at least one token");
+    if (samples_ > 0 && seqlen != this->seqlen())
+      detail::fail(fn, ": sequence length ", seqlen, " differs from the length ", this->seqlen(),
+                   " of the sequences already added; all calibration sequences must have the "
+                   "same length");
+    detail::require_finite(m, fn, name);
+    if (samples_ == 0) sum_.setZero(seqlen, cols_);
+  }
+
+  Eigen::Index cols_;
+  std::int64_t samples_ = 0;
+  Eigen::MatrixXd sum_;  // Σ_s X_s (seqlen × cols)
+};
+
+}  // namespace q2n

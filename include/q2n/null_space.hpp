@@ -1,0 +1,225 @@
+#pragma once
+/// \file null_space.hpp
+/// The approximate null space of the calibration activations, in low-rank form.
+///
+/// With `X = ĀᵀĀ = U diag(s) Uᵀ` and a cut keeping r leading eigenvectors U1 (cols × r), the
+/// projector onto the approximate null space is `P = U0 U0ᵀ = I − U1 U1ᵀ`. Only U1 is stored;
+/// `M P` and `M (I − P)` cost O(rows · cols · r) and no cols × cols matrix is ever formed
+/// outside the eigensolver itself.
+
+#include <q2n/detail/check.hpp>
+#include <q2n/spectrum.hpp>
+
+#include <Eigen/Core>
+#include <Eigen/Eigenvalues>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace q2n {
+
+/// Numerical failure (an eigensolver that did not converge, a basis that cannot be formed
+/// accurately). Distinct from std::invalid_argument, which reports bad input.
+struct NumericalError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// How the spectrum of `ĀᵀĀ` is computed.
+enum class SpectrumRoute {
+  automatic,   ///< gram when seqlen < cols, covariance otherwise
+  covariance,  ///< eigendecomposition of `ĀᵀĀ` (cols × cols)
+  gram,        ///< eigendecomposition of `ĀĀᵀ` (seqlen × seqlen), vectors mapped back by `Āᵀu/√s`
+};
+
+/// Options for NullSpace::compute.
+struct NullSpaceOptions {
+  double threshold = 0.1;                         ///< cut threshold t, in (0, ∞)
+  CutRule rule = CutRule::paper;                  ///< see spectrum.hpp
+  SpectrumRoute route = SpectrumRoute::automatic; ///< both dense routes give the same projector
+};
+
+/// Low-rank null-space projector `P = I − U1 U1ᵀ` of a layer's sample-averaged activations.
+///
+/// \tparam Scalar float or double: the precision of the eigensolver and of U1.
+///
+/// \code
+/// q2n::SampleMeanAccumulator acc(cols);   // ... add calibration sequences ...
+/// auto ns = q2n::NullSpace<float>::compute(acc.mean());
+/// if (!ns.cut().found) { /* P = I: the refinement leaves Q unchanged */ }
+/// Eigen::MatrixXf WP = ns.project(W);     // W P, never forming P
+/// \endcode
+template <class Scalar>
+class NullSpace {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "q2n::NullSpace: Scalar must be float or double");
+
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// Computes the spectrum of `ĀᵀĀ`, applies the cut rule and keeps U1.
+  /// \param abar sample-averaged activations Ā (seqlen × cols), finite, not all zero
+  /// \param options threshold, rule and route
+  /// \throws std::invalid_argument on empty, non-finite or all-zero Ā or a bad threshold
+  /// \throws NumericalError when the eigensolver fails
+  template <class Derived>
+  static NullSpace compute(const Eigen::MatrixBase<Derived>& abar,
+                           const NullSpaceOptions& options = {}) {
+    const char* fn = "q2n::NullSpace::compute";
+    static_assert(!Eigen::NumTraits<typename Derived::Scalar>::IsInteger,
+                  "q2n::NullSpace::compute: pass floating-point activations");
+    if (abar.rows() == 0 || abar.cols() == 0)
+      detail::fail(fn, ": abar is ", abar.rows(), " x ", abar.cols(),
+                   "; pass the sample-averaged activations (seqlen x cols) of a non-empty "
+                   "calibration set");
+    detail::require_finite(abar, fn, "abar");
+    if (!(options.threshold > 0) || !std::isfinite(options.threshold))
+      detail::fail(fn, ": options.threshold = ", options.threshold,
+                   " must be finite and > 0 (default 0.1)");
+    const Matrix a = abar.template cast<Scalar>();
+    if (a.squaredNorm() == Scalar(0))
+      detail::fail(fn, ": abar is all zero; the calibration activations carry no signal");
+
+    SpectrumRoute route = options.route;
+    if (route == SpectrumRoute::automatic)
+      route = a.rows() < a.cols() ? SpectrumRoute::gram : SpectrumRoute::covariance;
+    NullSpace ns;
+    ns.cols_ = a.cols();
+    if (route == SpectrumRoute::gram && ns.from_gram(a, options)) return ns;
+    ns.from_covariance(a, options);
+    return ns;
+  }
+
+  /// The "no cut" projector P = I on cols columns (U1 empty).
+  static NullSpace identity(Eigen::Index cols) {
+    if (cols <= 0) detail::fail("q2n::NullSpace::identity: cols = ", cols, " must be positive");
+    NullSpace ns;
+    ns.cols_ = cols;
+    ns.basis_.resize(cols, 0);
+    ns.eigenvalues_.setZero(cols);
+    return ns;
+  }
+
+  /// Builds the projector from an explicit orthonormal kept basis U1 (cols × r).
+  /// No check of orthonormality beyond shapes and finiteness is made.
+  template <class Derived>
+  static NullSpace from_basis(const Eigen::MatrixBase<Derived>& kept_basis) {
+    const char* fn = "q2n::NullSpace::from_basis";
+    if (kept_basis.rows() == 0) detail::fail(fn, ": kept_basis has no rows; pass cols x r");
+    detail::require_finite(kept_basis, fn, "kept_basis");
+    NullSpace ns;
+    ns.cols_ = kept_basis.rows();
+    ns.basis_ = kept_basis.template cast<Scalar>();
+    ns.cut_.found = kept_basis.cols() > 0;
+    ns.cut_.kept = kept_basis.cols();
+    return ns;
+  }
+
+  Eigen::Index cols() const { return cols_; }
+  /// Number of kept eigenvectors r (0 when no cut: P = I).
+  Eigen::Index kept() const { return basis_.cols(); }
+  /// The cut rule's result.
+  const Cut& cut() const { return cut_; }
+  /// The route actually used (automatic resolved; gram may fall back to covariance).
+  SpectrumRoute route() const { return route_; }
+  /// U1: the kept eigenvectors (cols × r), orthonormal columns, in descending eigenvalue order.
+  const Matrix& kept_basis() const { return basis_; }
+  /// Spectrum of `ĀᵀĀ`, descending, length cols, negatives clamped to 0.
+  const Eigen::VectorXd& eigenvalues() const { return eigenvalues_; }
+
+  /// \return `M (I − P) = (M U1) U1ᵀ` for M with cols() columns.
+  template <class Derived>
+  Matrix complement(const Eigen::MatrixBase<Derived>& m) const {
+    check_operand(m, "q2n::NullSpace::complement");
+    if (kept() == 0) return Matrix::Zero(m.rows(), m.cols());
+    return (m.template cast<Scalar>() * basis_) * basis_.transpose();
+  }
+
+  /// \return `M P = M − (M U1) U1ᵀ` for M with cols() columns.
+  template <class Derived>
+  Matrix project(const Eigen::MatrixBase<Derived>& m) const {
+    check_operand(m, "q2n::NullSpace::project");
+    Matrix out = m.template cast<Scalar>();
+    if (kept() > 0) out.noalias() -= (out * basis_) * basis_.transpose();
+    return out;
+  }
+
+ private:
+  NullSpace() = default;
+
+  template <class Derived>
+  void check_operand(const Eigen::MatrixBase<Derived>& m, const char* fn) const {
+    static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
+                  "q2n::NullSpace: the operand's scalar must match the NullSpace's Scalar; "
+                  "cast it with .cast<Scalar>()");
+    if (m.cols() != cols_)
+      detail::fail(fn, ": m has ", m.cols(), " columns but the null space has cols = ", cols_,
+                   "; pass a matrix with one column per layer input");
+  }
+
+  // Descending eigenvalues (clamped) from an ascending solver result, and the cut on them.
+  void set_spectrum(const Eigen::VectorXd& descending, const NullSpaceOptions& options) {
+    eigenvalues_ = descending.cwiseMax(0.0);
+    cut_ = find_cut(eigenvalues_, options.threshold, options.rule);
+  }
+
+  void from_covariance(const Matrix& a, const NullSpaceOptions& options) {
+    route_ = SpectrumRoute::covariance;
+    Matrix x = Matrix::Zero(cols_, cols_);
+    x.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
+    Eigen::SelfAdjointEigenSolver<Matrix> es(x);  // reads the lower triangle
+    if (es.info() != Eigen::Success)
+      throw NumericalError("q2n::NullSpace::compute: eigendecomposition of AbarᵀAbar (" +
+                           std::to_string(cols_) + " x " + std::to_string(cols_) +
+                           ") did not converge");
+    set_spectrum(es.eigenvalues().reverse().template cast<double>(), options);
+    // Solver order is ascending: the r leading vectors are the last r columns, reversed.
+    basis_ = es.eigenvectors().rightCols(cut_.kept).rowwise().reverse();
+  }
+
+  // Returns false when the mapped-back basis would be inaccurate (a kept eigenvalue near the
+  // rounding floor); the caller then uses the covariance route.
+  bool from_gram(const Matrix& a, const NullSpaceOptions& options) {
+    route_ = SpectrumRoute::gram;
+    const Eigen::Index t = a.rows();
+    Matrix g = Matrix::Zero(t, t);
+    g.template selfadjointView<Eigen::Lower>().rankUpdate(a);
+    Eigen::SelfAdjointEigenSolver<Matrix> es(g);
+    if (es.info() != Eigen::Success)
+      throw NumericalError("q2n::NullSpace::compute: eigendecomposition of AbarAbarᵀ (" +
+                           std::to_string(t) + " x " + std::to_string(t) +
+                           ") did not converge");
+    // The nonzero spectra of ĀĀᵀ and ĀᵀĀ coincide; the remaining cols − t values are zero.
+    const Eigen::Index n = std::min(t, cols_);
+    Eigen::VectorXd s = Eigen::VectorXd::Zero(cols_);
+    s.head(n) = es.eigenvalues().reverse().head(n).template cast<double>();
+    set_spectrum(s, options);
+    const Eigen::Index r = cut_.kept;
+    if (r == 0) {
+      basis_.resize(cols_, 0);
+      return true;
+    }
+    // The solver resolves eigenvalues of the Gram matrix only to ~t·eps·s0; v_j = Āᵀu_j/√s_j
+    // of an eigenvalue within ten times that floor would be rounding noise.
+    const double floor =
+        eigenvalues_(0) * static_cast<double>(t) * std::numeric_limits<Scalar>::epsilon();
+    if (eigenvalues_(r - 1) <= 10 * floor) return false;
+    const Matrix u = es.eigenvectors().rightCols(r).rowwise().reverse();
+    const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> inv_sqrt =
+        eigenvalues_.head(r).cwiseSqrt().cwiseInverse().template cast<Scalar>();
+    basis_.noalias() = a.transpose() * u;
+    basis_ *= inv_sqrt.asDiagonal();
+    return true;
+  }
+
+  Eigen::Index cols_ = 0;
+  Cut cut_;
+  SpectrumRoute route_ = SpectrumRoute::covariance;
+  Matrix basis_;                  // U1, cols × r
+  Eigen::VectorXd eigenvalues_;   // descending, length cols
+};
+
+}  // namespace q2n

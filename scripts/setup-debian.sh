@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages q2n builds, tests and benchmarks with; a no-op when all are present.
+set -euo pipefail
+packages=(g++ cmake make libeigen3-dev libxsimd-dev nlohmann-json3-dev doctest-dev libbenchmark-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

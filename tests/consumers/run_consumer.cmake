@@ -1,0 +1,33 @@
+# cmake -P script: builds and runs the consumer program through one consumption route.
+file(REMOVE_RECURSE ${WORK_DIR})
+file(MAKE_DIRECTORY ${WORK_DIR})
+
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "command failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  message("${out}")
+endfunction()
+
+if(ROUTE STREQUAL "find_package")
+  # Install the package into a private prefix, then consume it like any installed library.
+  run(${CMAKE_COMMAND} --install ${Q2N_BINARY_DIR} --prefix ${WORK_DIR}/prefix)
+  run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build -DQ2N_ROUTE=find_package
+      -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DCMAKE_BUILD_TYPE=Release)
+  run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
+  run(${WORK_DIR}/build/consumer)
+elseif(ROUTE STREQUAL "add_subdirectory")
+  run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build -DQ2N_ROUTE=add_subdirectory
+      -DQ2N_SOURCE_DIR=${Q2N_SOURCE_DIR} -DCMAKE_BUILD_TYPE=Release)
+  run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
+  run(${WORK_DIR}/build/consumer)
+elseif(ROUTE STREQUAL "vendored")
+  # Copy include/ as a user vendoring the headers would, and compile with only Eigen beside it.
+  file(COPY ${Q2N_SOURCE_DIR}/include/ DESTINATION ${WORK_DIR}/vendor)
+  run(${CXX} -std=c++17 -O1 -I${WORK_DIR}/vendor -I${EIGEN_INCLUDE}
+      ${CONSUMER_DIR}/consumer.cpp -o ${WORK_DIR}/consumer)
+  run(${WORK_DIR}/consumer)
+else()
+  message(FATAL_ERROR "unknown ROUTE '${ROUTE}'")
+endif()

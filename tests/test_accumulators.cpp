@@ -1,0 +1,125 @@
+#include <q2n/accumulators.hpp>
+
+#include <doctest/doctest.h>
+
+#include <limits>
+
+#include "test_util.hpp"
+
+using q2n_test::gaussian;
+using q2n_test::Mat;
+
+TEST_CASE_TEMPLATE("HessianAccumulator equals (2/N) XᵀX over all tokens, any batching", T, float,
+                   double) {
+  const Eigen::Index cols = 24;
+  const Mat<T> x = gaussian<T>(101, cols, 7);
+  // Reference: brute-force outer products in double.
+  Eigen::MatrixXd ref = Eigen::MatrixXd::Zero(cols, cols);
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    const Eigen::VectorXd v = x.row(t).transpose().template cast<double>();
+    ref += v * v.transpose();
+  }
+  ref *= 2.0 / static_cast<double>(x.rows());
+
+  q2n::HessianAccumulator acc(cols);
+  acc.add(x.topRows(0));  // an empty batch is allowed and changes nothing
+  acc.add(x.topRows(1));
+  acc.add(x.middleRows(1, 60));
+  acc.add(x.bottomRows(40));
+  CHECK(acc.tokens() == 101);
+  // Each batch product is formed in T: float's relative rounding is ~ batch · 2^-24 ≈ 4e-6 of
+  // the largest entries (|H| ~ 2); double's is ~1e-14. Tolerances sit two orders above.
+  const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-12;
+  const Eigen::MatrixXd h = acc.hessian();
+  CHECK((h - ref).cwiseAbs().maxCoeff() <= tol * ref.cwiseAbs().maxCoeff());
+  CHECK((h - h.transpose()).cwiseAbs().maxCoeff() == 0.0);
+  CHECK((acc.template hessian_as<T>().template cast<double>() - h).cwiseAbs().maxCoeff() <=
+        tol * ref.cwiseAbs().maxCoeff());
+
+  // merge of two shards equals one accumulator over all tokens.
+  q2n::HessianAccumulator a(cols), b(cols);
+  a.add(x.topRows(50));
+  b.add(x.bottomRows(51));
+  a.merge(b);
+  CHECK(a.tokens() == 101);
+  CHECK((a.hessian() - ref).cwiseAbs().maxCoeff() <= tol * ref.cwiseAbs().maxCoeff());
+}
+
+TEST_CASE("HessianAccumulator accepts row-major maps and refuses bad input") {
+  Eigen::Matrix<double, 3, 4, Eigen::RowMajor> rm;
+  rm << 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12;
+  Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> map(
+      rm.data(), 3, 4);
+  q2n::HessianAccumulator acc(4);
+  acc.add(map);
+  // (2/3) Σ x xᵀ at (0,0): (1 + 25 + 81) · 2/3, exact in double up to one rounding.
+  CHECK(acc.hessian()(0, 0) == doctest::Approx(107.0 * 2.0 / 3.0).epsilon(1e-15));
+
+  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator(0), doctest::Contains("cols = 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(acc.add(Eigen::MatrixXd::Zero(2, 5)), doctest::Contains("tokens is 2 x 5"),
+                       std::invalid_argument);
+  Eigen::MatrixXd bad = Eigen::MatrixXd::Ones(2, 4);
+  bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(acc.add(bad), doctest::Contains("tokens(1, 2)"), std::invalid_argument);
+  bad(1, 2) = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(acc.add(bad), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator(4).hessian(), doctest::Contains("no tokens"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(acc.merge(q2n::HessianAccumulator(5)), doctest::Contains("cols = 5"),
+                       std::invalid_argument);
+}
+
+TEST_CASE_TEMPLATE("SampleMeanAccumulator weights every sequence equally", T, float, double) {
+  const Eigen::Index cols = 6, seqlen = 5, samples = 7;
+  const Mat<T> x = gaussian<T>(samples * seqlen, cols, 11);
+  Eigen::MatrixXd ref = Eigen::MatrixXd::Zero(seqlen, cols);
+  for (Eigen::Index s = 0; s < samples; ++s)
+    for (Eigen::Index p = 0; p < seqlen; ++p)
+      ref.row(p) += x.row(s * seqlen + p).template cast<double>() / double(samples);
+
+  // Sums are kept in double: agreement to a few ulps of double.
+  q2n::SampleMeanAccumulator one(cols);
+  one.add_sequences(x, seqlen);
+  CHECK(one.samples() == samples);
+  CHECK(one.seqlen() == seqlen);
+  CHECK((one.mean() - ref).cwiseAbs().maxCoeff() <= 1e-14);
+
+  q2n::SampleMeanAccumulator a(cols), b(cols), empty(cols);
+  a.add_sequence(x.topRows(seqlen));
+  a.add_sequences(x.middleRows(seqlen, 2 * seqlen), seqlen);
+  b.add_sequences(x.bottomRows(4 * seqlen), seqlen);
+  a.merge(empty);
+  a.merge(b);
+  empty.merge(a);  // merging into an empty accumulator adopts the other's length
+  CHECK(a.samples() == samples);
+  CHECK((a.mean() - ref).cwiseAbs().maxCoeff() <= 1e-14);
+  CHECK((empty.mean() - ref).cwiseAbs().maxCoeff() <= 1e-14);
+}
+
+TEST_CASE("SampleMeanAccumulator refuses mixed lengths, widths and bad values") {
+  q2n::SampleMeanAccumulator acc(3);
+  acc.add_sequence(Eigen::MatrixXd::Ones(4, 3));
+  CHECK_THROWS_WITH_AS(acc.add_sequence(Eigen::MatrixXd::Ones(5, 3)),
+                       doctest::Contains("sequence length 5 differs from the length 4"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(acc.add_sequence(Eigen::MatrixXd::Ones(4, 2)),
+                       doctest::Contains("seq is 4 x 2"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(acc.add_sequences(Eigen::MatrixXd::Ones(9, 3), 4),
+                       doctest::Contains("not a multiple of seqlen = 4"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(acc.add_sequences(Eigen::MatrixXd::Ones(8, 3), 0),
+                       doctest::Contains("seqlen = 0"), std::invalid_argument);
+  Eigen::MatrixXd inf = Eigen::MatrixXd::Ones(4, 3);
+  inf(3, 0) = -std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(acc.add_sequence(inf), doctest::Contains("seq(3, 0)"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(acc.add_sequence(Eigen::MatrixXd(0, 3)), doctest::Contains("empty"),
+                       std::invalid_argument);
+  CHECK(acc.samples() == 1);  // refused input leaves the accumulator unchanged
+
+  q2n::SampleMeanAccumulator other(3);
+  other.add_sequence(Eigen::MatrixXd::Ones(2, 3));
+  CHECK_THROWS_WITH_AS(acc.merge(other), doctest::Contains("seqlen = 2"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::SampleMeanAccumulator(3).mean(), doctest::Contains("no sequences"),
+                       std::invalid_argument);
+}

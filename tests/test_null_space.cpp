@@ -1,0 +1,138 @@
+#include <q2n/null_space.hpp>
+
+#include <doctest/doctest.h>
+
+#include <limits>
+
+#include "test_util.hpp"
+
+using q2n_test::Mat;
+using q2n_test::structured_activations;
+
+namespace {
+// Dense projector I − U1 U1ᵀ, formed only in tests.
+template <class T>
+Eigen::MatrixXd dense_p(const q2n::NullSpace<T>& ns) {
+  const Eigen::MatrixXd u = ns.kept_basis().template cast<double>();
+  return Eigen::MatrixXd::Identity(ns.cols(), ns.cols()) - u * u.transpose();
+}
+// Relative rounding scale of T: the tolerances below are multiples of it.
+template <class T>
+double eps() { return std::numeric_limits<T>::epsilon(); }
+}  // namespace
+
+TEST_CASE_TEMPLATE("NullSpace: P is a symmetric idempotent projector that annihilates Ā", T, float,
+                   double) {
+  const Eigen::Index cols = 48, seqlen = 32;
+  const Mat<T> abar = structured_activations<T>(seqlen, cols, 6, 3);
+  for (auto route : {q2n::SpectrumRoute::covariance, q2n::SpectrumRoute::gram}) {
+    CAPTURE(static_cast<int>(route));
+    const auto ns = q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper, route});
+    REQUIRE(ns.cut().found);
+    CHECK(ns.route() == route);
+    const Eigen::Index r = ns.kept();
+    CHECK(r >= 2);
+    CHECK(r < cols);
+    const Eigen::MatrixXd p = dense_p(ns);
+    // Orthonormal U1 makes P exactly symmetric (up to rounding) and idempotent; errors scale
+    // with cols·eps of the eigensolver.
+    const double tol = 100 * cols * eps<T>();
+    CHECK((p - p.transpose()).cwiseAbs().maxCoeff() <= tol);
+    CHECK((p * p - p).cwiseAbs().maxCoeff() <= tol);
+    CHECK(std::abs(p.trace() - double(cols - r)) <= tol * cols);
+    // ‖Ā P‖_F² = Σ_{j≥r} s_j exactly: the energy P leaves is the discarded tail, which the cut
+    // rule bounds by t times (part of) the head.
+    const Eigen::MatrixXd a = abar.template cast<double>();
+    const auto& s = ns.eigenvalues();
+    const double tail = s.tail(cols - r).sum();
+    CHECK((a * p).squaredNorm() == doctest::Approx(tail).epsilon(1e-3).scale(s.sum() * tol));
+    CHECK(tail <= 0.1 * s.segment(1, r - 1).sum() * (1 + 1e-3));
+    // Eigenvalues agree with a double-precision eigensolver of ĀᵀĀ (relative to s0).
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> ref(a.transpose() * a);
+    const Eigen::VectorXd sref = ref.eigenvalues().reverse().cwiseMax(0.0);
+    CHECK((s - sref).cwiseAbs().maxCoeff() <= 50 * cols * eps<T>() * sref(0));
+    // project / complement agree with the dense P and sum to the identity map.
+    const Mat<T> m = q2n_test::gaussian<T>(5, cols, 9);
+    const Eigen::MatrixXd md = m.template cast<double>();
+    CHECK((ns.project(m).template cast<double>() - md * p).cwiseAbs().maxCoeff() <= tol * 10);
+    CHECK((ns.complement(m).template cast<double>() - (md - md * p)).cwiseAbs().maxCoeff() <=
+          tol * 10);
+  }
+}
+
+TEST_CASE_TEMPLATE("NullSpace: covariance and Gram routes give the same projector", T, float,
+                   double) {
+  // T < cols (Gram is the cheap route) and T > cols (Gram is the larger matrix).
+  for (auto shape : {std::pair<Eigen::Index, Eigen::Index>{24, 64}, {80, 40}}) {
+    const Mat<T> abar = structured_activations<T>(shape.first, shape.second, 5, 21, 1e-2);
+    const auto cov =
+        q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper, q2n::SpectrumRoute::covariance});
+    const auto gram =
+        q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper, q2n::SpectrumRoute::gram});
+    REQUIRE(cov.cut().found);
+    CHECK(gram.cut().kept == cov.cut().kept);
+    CHECK(gram.route() == q2n::SpectrumRoute::gram);
+    // Eigenvectors are unique only up to sign (and rotation within ties), the projector is not.
+    // Its accuracy is that of the eigenvectors: eps·s0/gap, a few thousand eps here.
+    const double tol = std::is_same_v<T, float> ? 2e-3 : 1e-10;
+    CHECK((dense_p(cov) - dense_p(gram)).cwiseAbs().maxCoeff() <= tol);
+    CHECK((cov.eigenvalues() - gram.eigenvalues()).cwiseAbs().maxCoeff() <=
+          tol * cov.eigenvalues()(0));
+    const auto automatic = q2n::NullSpace<T>::compute(abar);
+    CHECK(automatic.route() == (shape.first < shape.second ? q2n::SpectrumRoute::gram
+                                                           : q2n::SpectrumRoute::covariance));
+  }
+}
+
+TEST_CASE_TEMPLATE("NullSpace: no cut means P = I", T, float, double) {
+  // Two inputs: the paper rule needs at least three eigenvalues, so no cut exists whatever the
+  // data (a structural case, independent of rounding).
+  const Mat<T> m2 = q2n_test::gaussian<T>(3, 2, 6);
+  const auto ns2 = q2n::NullSpace<T>::compute(q2n_test::gaussian<T>(5, 2, 7));
+  CHECK_FALSE(ns2.cut().found);
+  CHECK(ns2.kept() == 0);
+  CHECK(ns2.project(m2) == m2);
+  CHECK(ns2.complement(m2).isZero(0));
+  const auto id = q2n::NullSpace<T>::identity(16);
+  const Mat<T> m = q2n_test::gaussian<T>(3, 16, 6);
+  CHECK(id.kept() == 0);
+  CHECK(id.project(m) == m);
+}
+
+TEST_CASE("NullSpace: a rank-one Ā has no paper cut (double precision)") {
+  // One nonzero eigenvalue; the others are rounding noise ~1e-16·s0, below the reference's
+  // absolute 1e-12 floor. (In float that noise is ~1e-7·s0 and can exceed the floor: the floor
+  // is the reference's, kept for compatibility, and is not scale-invariant.)
+  const Eigen::MatrixXd abar = q2n_test::gaussian<double>(8, 1, 4) * q2n_test::gaussian<double>(1, 16, 5);
+  for (auto route : {q2n::SpectrumRoute::covariance, q2n::SpectrumRoute::gram}) {
+    const auto ns = q2n::NullSpace<double>::compute(abar, {0.1, q2n::CutRule::paper, route});
+    CHECK_FALSE(ns.cut().found);
+    CHECK(ns.kept() == 0);
+  }
+}
+
+TEST_CASE("NullSpace accepts any dense expression and refuses bad input") {
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rm =
+      structured_activations<float>(10, 20, 3, 8);
+  Eigen::Ref<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> ref(rm);
+  const auto a = q2n::NullSpace<float>::compute(rm);
+  const auto b = q2n::NullSpace<float>::compute(ref);
+  const auto c = q2n::NullSpace<double>::compute(rm.cast<double>());  // a double solve of float data
+  CHECK(a.kept() == b.kept());
+  CHECK(a.kept() == c.kept());
+
+  using NS = q2n::NullSpace<double>;
+  CHECK_THROWS_WITH_AS(NS::compute(Eigen::MatrixXd(0, 4)), doctest::Contains("abar is 0 x 4"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(NS::compute(Eigen::MatrixXd::Zero(3, 4)), doctest::Contains("all zero"),
+                       std::invalid_argument);
+  Eigen::MatrixXd nan = Eigen::MatrixXd::Ones(3, 4);
+  nan(2, 1) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(NS::compute(nan), doctest::Contains("abar(2, 1)"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(NS::compute(Eigen::MatrixXd::Ones(3, 4), {0.0}),
+                       doctest::Contains("threshold"), std::invalid_argument);
+  const auto ns = NS::compute(q2n_test::gaussian<double>(3, 4, 1));
+  CHECK_THROWS_WITH_AS(ns.project(Eigen::MatrixXd::Ones(2, 5)), doctest::Contains("5 columns"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(NS::identity(0), std::invalid_argument);
+}

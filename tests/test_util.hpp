@@ -1,0 +1,39 @@
+#pragma once
+// Shared helpers for the test suite: deterministic data that looks like LLM activations.
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <random>
+#include <string>
+
+namespace q2n_test {
+
+inline std::string data_path(const std::string& rel) { return std::string(Q2N_TEST_DATA_DIR) + "/" + rel; }
+
+template <class Scalar>
+using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+/// Gaussian matrix with a fixed seed.
+template <class Scalar>
+Mat<Scalar> gaussian(Eigen::Index rows, Eigen::Index cols, std::uint32_t seed, double sd = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> nd(0.0, sd);
+  Mat<Scalar> m(rows, cols);
+  for (Eigen::Index j = 0; j < cols; ++j)
+    for (Eigen::Index i = 0; i < rows; ++i) m(i, j) = static_cast<Scalar>(nd(gen));
+  return m;
+}
+
+/// Activations with LLM-like structure: low-rank content, a few outlier channels and a
+/// large first position, plus small noise (rows = tokens).
+template <class Scalar>
+Mat<Scalar> structured_activations(Eigen::Index tokens, Eigen::Index cols, Eigen::Index rank,
+                                   std::uint32_t seed, double noise = 1e-3) {
+  Mat<double> a = gaussian<double>(tokens, rank, seed) * gaussian<double>(rank, cols, seed + 1);
+  a += noise * gaussian<double>(tokens, cols, seed + 2);
+  for (Eigen::Index c = 0; c < cols; c += 37) a.col(c) *= 8.0;
+  a.row(0) *= 20.0;
+  return a.cast<Scalar>();
+}
+
+}  // namespace q2n_test
