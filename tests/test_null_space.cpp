@@ -136,3 +136,48 @@ TEST_CASE("NullSpace accepts any dense expression and refuses bad input") {
                        std::invalid_argument);
   CHECK_THROWS_AS(NS::identity(0), std::invalid_argument);
 }
+
+TEST_CASE_TEMPLATE("NullSpace: the partial route matches the dense route", T, float, double) {
+  // LLM-like activations (small cut) on both sides of seqlen = cols, and the automatic choice.
+  for (auto shape : {std::pair<Eigen::Index, Eigen::Index>{160, 480}, {512, 200}}) {
+    CAPTURE(shape.first);
+    const Mat<T> abar = structured_activations<T>(shape.first, shape.second, 7, 51, 1e-2);
+    const auto dense =
+        q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper, q2n::SpectrumRoute::covariance});
+    for (auto rule : {q2n::CutRule::paper, q2n::CutRule::plain}) {
+      const auto d = q2n::NullSpace<T>::compute(abar, {0.1, rule, q2n::SpectrumRoute::covariance});
+      const auto p = q2n::NullSpace<T>::compute(abar, {0.1, rule, q2n::SpectrumRoute::partial});
+      REQUIRE(d.cut().found);
+      CHECK(p.route() == q2n::SpectrumRoute::partial);  // decided without falling back
+      CHECK(p.cut().kept == d.cut().kept);
+      // Same projector to the accuracy of the dense eigenvectors (see the Gram route test).
+      const double tol = std::is_same_v<T, float> ? 2e-3 : 1e-8;
+      CHECK((dense_p(p) - dense_p(d)).cwiseAbs().maxCoeff() <= tol);
+      // Leading eigenvalues and the total agree with the dense spectrum.
+      const Eigen::Index k = p.eigenvalues().size();
+      CHECK(k > p.kept());
+      CHECK((p.eigenvalues() - d.eigenvalues().head(k)).cwiseAbs().maxCoeff() <=
+            tol * d.eigenvalues()(0));
+      CHECK(p.total_energy() == doctest::Approx(d.eigenvalues().sum()).epsilon(1e-5));
+    }
+    const auto automatic = q2n::NullSpace<T>::compute(abar);
+    CHECK(automatic.route() == (std::min(shape.first, shape.second) <= 384
+                                    ? (shape.first < shape.second ? q2n::SpectrumRoute::gram
+                                                                  : q2n::SpectrumRoute::covariance)
+                                    : q2n::SpectrumRoute::partial));
+    CHECK(automatic.kept() == dense.kept());
+  }
+}
+
+TEST_CASE("NullSpace: the partial route falls back to a dense route when the cut is large") {
+  // i.i.d. Gaussian activations: a flat spectrum whose cut keeps most directions, beyond what
+  // a narrow Krylov space can decide.
+  const Eigen::MatrixXd abar = q2n_test::gaussian<double>(96, 300, 77);
+  const auto p = q2n::NullSpace<double>::compute(abar, {0.1, q2n::CutRule::paper,
+                                                        q2n::SpectrumRoute::partial});
+  const auto d = q2n::NullSpace<double>::compute(abar, {0.1, q2n::CutRule::paper,
+                                                        q2n::SpectrumRoute::gram});
+  CHECK(p.route() == q2n::SpectrumRoute::gram);
+  CHECK(p.kept() == d.kept());
+  CHECK(p.kept() > 30);
+}

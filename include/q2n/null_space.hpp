@@ -8,6 +8,7 @@
 /// outside the eigensolver itself.
 
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/block_krylov.hpp>
 #include <q2n/spectrum.hpp>
 
 #include <Eigen/Core>
@@ -29,10 +30,19 @@ struct NumericalError : std::runtime_error {
 };
 
 /// How the spectrum of `ĀᵀĀ` is computed.
+///
+/// Cost model (n = min(seqlen, cols), N = max(seqlen, cols)): every route first forms the
+/// smaller of `ĀĀᵀ` / `ĀᵀĀ` (n × n, n²·N multiply-adds, one GEMM). A dense eigendecomposition
+/// then costs O(n³) at level-2 BLAS speed; the partial route costs O(n²·w) in GEMMs for a
+/// Krylov space of width w (a few times the kept count). `automatic` picks the dense route for
+/// n ≤ 384, where it takes milliseconds, and the partial route above.
 enum class SpectrumRoute {
-  automatic,   ///< gram when seqlen < cols, covariance otherwise
-  covariance,  ///< eigendecomposition of `ĀᵀĀ` (cols × cols)
-  gram,        ///< eigendecomposition of `ĀĀᵀ` (seqlen × seqlen), vectors mapped back by `Āᵀu/√s`
+  automatic,   ///< dense on the smaller side for n ≤ 384, partial otherwise
+  covariance,  ///< dense eigendecomposition of `ĀᵀĀ` (cols × cols)
+  gram,        ///< dense eigendecomposition of `ĀĀᵀ` (seqlen × seqlen), vectors mapped back by `Āᵀu/√s`
+  partial,     ///< leading eigenpairs only, by block Krylov iteration on the smaller side, grown
+               ///< until the cut rule is decided by pairs with verified residuals; falls back to
+               ///< the dense route on the smaller side when the cut is not small
 };
 
 /// Options for NullSpace::compute.
@@ -83,11 +93,17 @@ class NullSpace {
     if (a.squaredNorm() == Scalar(0))
       detail::fail(fn, ": abar is all zero; the calibration activations carry no signal");
 
+    const SpectrumRoute dense_route =
+        a.rows() < a.cols() ? SpectrumRoute::gram : SpectrumRoute::covariance;
     SpectrumRoute route = options.route;
     if (route == SpectrumRoute::automatic)
-      route = a.rows() < a.cols() ? SpectrumRoute::gram : SpectrumRoute::covariance;
+      route = std::min(a.rows(), a.cols()) <= 384 ? dense_route : SpectrumRoute::partial;
     NullSpace ns;
     ns.cols_ = a.cols();
+    if (route == SpectrumRoute::partial) {
+      if (ns.from_partial(a, options)) return ns;
+      route = dense_route;
+    }
     if (route == SpectrumRoute::gram && ns.from_gram(a, options)) return ns;
     ns.from_covariance(a, options);
     return ns;
@@ -127,8 +143,12 @@ class NullSpace {
   SpectrumRoute route() const { return route_; }
   /// U1: the kept eigenvectors (cols × r), orthonormal columns, in descending eigenvalue order.
   const Matrix& kept_basis() const { return basis_; }
-  /// Spectrum of `ĀᵀĀ`, descending, length cols, negatives clamped to 0.
+  /// Spectrum of `ĀᵀĀ`, descending, negatives clamped to 0: all cols values for the dense
+  /// routes; for the partial route the leading values whose residuals were verified (enough
+  /// to decide the cut).
   const Eigen::VectorXd& eigenvalues() const { return eigenvalues_; }
+  /// Trace of `ĀᵀĀ` = `‖Ā‖_F²`, the spectrum's total (computed in double).
+  double total_energy() const { return total_; }
 
   /// \return `M (I − P) = (M U1) U1ᵀ` for M with cols() columns.
   template <class Derived>
@@ -163,7 +183,71 @@ class NullSpace {
   // Descending eigenvalues (clamped) from an ascending solver result, and the cut on them.
   void set_spectrum(const Eigen::VectorXd& descending, const NullSpaceOptions& options) {
     eigenvalues_ = descending.cwiseMax(0.0);
+    total_ = eigenvalues_.sum();
     cut_ = find_cut(eigenvalues_, options.threshold, options.rule);
+  }
+
+  // Kept basis from eigenvectors z of the Gram matrix: v = Āᵀ z / √s. Returns false when a kept
+  // eigenvalue lies within ten times the ~t·eps·s0 level at which the solver resolves
+  // eigenvalues of the t × t Gram matrix: its mapped-back vector would be rounding noise.
+  bool map_from_gram(const Matrix& a, const Matrix& z, const Eigen::VectorXd& s) {
+    const Eigen::Index r = z.cols();
+    const double floor =
+        s(0) * static_cast<double>(a.rows()) * std::numeric_limits<Scalar>::epsilon();
+    if (r > 0 && s(r - 1) <= 10 * floor) return false;
+    const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> inv_sqrt =
+        s.head(r).cwiseSqrt().cwiseInverse().template cast<Scalar>();
+    basis_.noalias() = a.transpose() * z;
+    basis_ *= inv_sqrt.asDiagonal();
+    return true;
+  }
+
+  // Partial route: block Krylov on the smaller of ĀĀᵀ / ĀᵀĀ, the Krylov space widened until
+  // the cut rule is decided by leading Ritz pairs whose residuals are verified small. Returns
+  // false (caller falls back to a dense route) when the needed width passes a third of n.
+  bool from_partial(const Matrix& a, const NullSpaceOptions& options) {
+    route_ = SpectrumRoute::partial;
+    const bool gram = a.rows() < a.cols();
+    const Eigen::Index n = std::min(a.rows(), a.cols());
+    Matrix m = Matrix::Zero(n, n);
+    if (gram)
+      m.template selfadjointView<Eigen::Lower>().rankUpdate(a);
+    else
+      m.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
+    m = m.template selfadjointView<Eigen::Lower>();
+    total_ = 0;  // ‖Ā‖_F² in double: the trace, i.e. the sum of all eigenvalues
+    for (Eigen::Index j = 0; j < a.cols(); ++j)
+      total_ += a.col(j).template cast<double>().squaredNorm();
+    const double eps = std::numeric_limits<Scalar>::epsilon();
+    // A Ritz pair counts once its residual (which bounds its eigenvalue error) is below 1e-4 of
+    // its value (1e-8 in double) or at the rounding floor of an n × n product.
+    const double rel = std::is_same_v<Scalar, float> ? 1e-4 : 1e-8;
+    const double floor_rel = 10 * std::sqrt(static_cast<double>(n)) * eps;
+    const Eigen::Index block = std::clamp<Eigen::Index>(n / 16, 4, 32);
+    for (Eigen::Index blocks = 3; block * blocks <= std::max<Eigen::Index>(n / 3, 2 * block);
+         blocks *= 2) {
+      const auto ritz = detail::block_krylov<Scalar>(m, block, blocks);
+      if (!ritz.ok) return false;
+      const Eigen::VectorXd theta = ritz.values.cwiseMax(0.0);
+      Eigen::Index known = 0;
+      while (known < theta.size() &&
+             ritz.residuals(known) <= std::max(rel * theta(known), floor_rel * theta(0)))
+        ++known;
+      if (known == 0) continue;
+      const Eigen::VectorXd head = theta.head(known);
+      const auto cut = detail::cut_from_leading(head, cols_, total_, total_ - head(0),
+                                                options.threshold, options.rule);
+      if (!cut) continue;
+      cut_ = *cut;
+      eigenvalues_ = head;
+      const Matrix z = ritz.vectors.leftCols(cut_.kept);
+      if (!gram) {
+        basis_ = z;
+        return true;
+      }
+      return map_from_gram(a, z, head);
+    }
+    return false;
   }
 
   void from_covariance(const Matrix& a, const NullSpaceOptions& options) {
@@ -197,29 +281,16 @@ class NullSpace {
     Eigen::VectorXd s = Eigen::VectorXd::Zero(cols_);
     s.head(n) = es.eigenvalues().reverse().head(n).template cast<double>();
     set_spectrum(s, options);
-    const Eigen::Index r = cut_.kept;
-    if (r == 0) {
-      basis_.resize(cols_, 0);
-      return true;
-    }
-    // The solver resolves eigenvalues of the Gram matrix only to ~t·eps·s0; v_j = Āᵀu_j/√s_j
-    // of an eigenvalue within ten times that floor would be rounding noise.
-    const double floor =
-        eigenvalues_(0) * static_cast<double>(t) * std::numeric_limits<Scalar>::epsilon();
-    if (eigenvalues_(r - 1) <= 10 * floor) return false;
-    const Matrix u = es.eigenvectors().rightCols(r).rowwise().reverse();
-    const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> inv_sqrt =
-        eigenvalues_.head(r).cwiseSqrt().cwiseInverse().template cast<Scalar>();
-    basis_.noalias() = a.transpose() * u;
-    basis_ *= inv_sqrt.asDiagonal();
-    return true;
+    return map_from_gram(a, es.eigenvectors().rightCols(cut_.kept).rowwise().reverse(),
+                         eigenvalues_);
   }
 
   Eigen::Index cols_ = 0;
   Cut cut_;
   SpectrumRoute route_ = SpectrumRoute::covariance;
   Matrix basis_;                  // U1, cols × r
-  Eigen::VectorXd eigenvalues_;   // descending, length cols
+  Eigen::VectorXd eigenvalues_;   // descending (see eigenvalues())
+  double total_ = 0;              // trace of ĀᵀĀ
 };
 
 }  // namespace q2n

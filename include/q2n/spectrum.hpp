@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 namespace q2n {
 
@@ -42,44 +43,27 @@ struct Cut {
   Eigen::Index index() const { return found ? kept : -1; }
 };
 
-/// Applies a cut rule to a spectrum.
-/// \param eigenvalues eigenvalues of `ĀᵀĀ`, sorted descending, finite (negatives count as 0)
-/// \param threshold   t in (0, ∞); default 0.1 as in the paper
-/// \param rule        CutRule::paper (reference-compatible, default) or CutRule::plain
-/// \return the kept count, or `found == false`
-///
-/// \code
-/// Eigen::VectorXd s(4);  s << 10, 5, 0.1, 0.01;
-/// q2n::Cut c = q2n::find_cut(s);          // c.found, c.kept == 2
-/// \endcode
-inline Cut find_cut(const Eigen::Ref<const Eigen::VectorXd>& eigenvalues, double threshold = 0.1,
-                    CutRule rule = CutRule::paper) {
-  const char* fn = "q2n::find_cut";
-  if (!(threshold > 0) || !std::isfinite(threshold))
-    detail::fail(fn, ": threshold = ", threshold, " must be finite and > 0 (default 0.1)");
-  const Eigen::Index d = eigenvalues.size();
-  if (d == 0) detail::fail(fn, ": eigenvalues is empty; pass the spectrum of AbarᵀAbar");
-  detail::require_finite(eigenvalues, fn, "eigenvalues");
-  for (Eigen::Index j = 1; j < d; ++j)
-    if (eigenvalues(j) > eigenvalues(j - 1))
-      detail::fail(fn, ": eigenvalues(", j, ") > eigenvalues(", j - 1,
-                   "); sort the spectrum in descending order");
+namespace detail {
 
-  const Eigen::VectorXd s = eigenvalues.cwiseMax(0.0);
+/// Cut rule on the leading `known` eigenvalues of a spectrum of length d, given its total and
+/// its total without s0 (for a partial eigensolver: the trace, and the trace minus s0).
+/// \return the cut, or nullopt when the first r that satisfies the rule (if any) lies beyond
+/// what `known` values can decide.
+inline std::optional<Cut> cut_from_leading(const Eigen::VectorXd& s, Eigen::Index d, double total,
+                                           double total_s, double t, CutRule rule) {
+  const Eigen::Index known = s.size();
   Cut cut;
   if (rule == CutRule::paper) {
-    // Over S = s[1:]: prefix[i] = S[0..i], suffix[i] = total − prefix[i]; the first i with
-    // prefix[i] > 1e-12 and suffix[i+1] ≤ t·prefix[i] gives r = i + 2. Sums are formed the same
-    // way as in the reference (cumulative sum, suffix by subtraction) so ties break alike.
+    // S = s[1:], prefix[i] = S[0..i], suffix[i] = totalS − prefix[i]; the first i with
+    // prefix[i] > 1e-12 and suffix[i+1] ≤ t·prefix[i] gives r = i + 2. Needs S[i+1] = s[i+2].
     const Eigen::Index n = d - 1;
     if (n < 2) return cut;
-    Eigen::VectorXd prefix(n);
-    double run = 0;
-    for (Eigen::Index i = 0; i < n; ++i) prefix(i) = run += s(i + 1);
-    const double total = prefix(n - 1);
+    double prefix = 0;
     for (Eigen::Index i = 0; i + 1 < n; ++i) {
-      const double suffix_next = total - prefix(i + 1);
-      if (prefix(i) > 1e-12 && suffix_next / prefix(i) <= threshold) {
+      if (i + 2 >= known) return std::nullopt;
+      prefix += s(i + 1);
+      const double next = prefix + s(i + 2);
+      if (prefix > 1e-12 && (total_s - next) / prefix <= t) {
         cut.found = true;
         cut.kept = i + 2;
         return cut;
@@ -88,18 +72,54 @@ inline Cut find_cut(const Eigen::Ref<const Eigen::VectorXd>& eigenvalues, double
     return cut;
   }
   // Plain rule: the first r ≥ 1 with Σ_{j≥r} s_j ≤ t Σ_{j<r} s_j over a non-zero head.
-  const double total = s.sum();
   double head = 0;
   for (Eigen::Index r = 1; r <= d; ++r) {
+    if (r > known) return std::nullopt;
     head += s(r - 1);
-    const double tail = std::max(total - head, 0.0);
-    if (head > 0 && tail <= threshold * head) {
+    if (head > 0 && std::max(total - head, 0.0) <= t * head) {
       cut.found = true;
       cut.kept = r;
       return cut;
     }
   }
   return cut;  // all eigenvalues zero
+}
+
+inline void check_threshold(double threshold, const char* fn) {
+  if (!(threshold > 0) || !std::isfinite(threshold))
+    fail(fn, ": threshold = ", threshold, " must be finite and > 0 (default 0.1)");
+}
+
+}  // namespace detail
+
+/// Applies a cut rule to a spectrum.
+/// \param eigenvalues eigenvalues of `ĀᵀĀ`, sorted descending, finite (negatives count as 0)
+/// \param threshold   t in (0, ∞); default 0.1 as in the paper
+/// \param rule        CutRule::paper (reference-compatible, default) or CutRule::plain
+/// \return the kept count, or `found == false`
+///
+/// The total is the sum of the clamped eigenvalues, accumulated in order as the reference's
+/// cumulative sum does, so decisions at exact ties match it.
+///
+/// \code
+/// Eigen::VectorXd s(4);  s << 10, 5, 0.1, 0.01;
+/// q2n::Cut c = q2n::find_cut(s);          // c.found, c.kept == 2
+/// \endcode
+inline Cut find_cut(const Eigen::Ref<const Eigen::VectorXd>& eigenvalues, double threshold = 0.1,
+                    CutRule rule = CutRule::paper) {
+  const char* fn = "q2n::find_cut";
+  detail::check_threshold(threshold, fn);
+  const Eigen::Index d = eigenvalues.size();
+  if (d == 0) detail::fail(fn, ": eigenvalues is empty; pass the spectrum of AbarᵀAbar");
+  detail::require_finite(eigenvalues, fn, "eigenvalues");
+  for (Eigen::Index j = 1; j < d; ++j)
+    if (eigenvalues(j) > eigenvalues(j - 1))
+      detail::fail(fn, ": eigenvalues(", j, ") > eigenvalues(", j - 1,
+                   "); sort the spectrum in descending order");
+  const Eigen::VectorXd s = eigenvalues.cwiseMax(0.0);
+  double total_s = 0;  // Σ s[1:], in order, as the reference's cumulative sum
+  for (Eigen::Index j = 1; j < d; ++j) total_s += s(j);
+  return *detail::cut_from_leading(s, d, s(0) + total_s, total_s, threshold, rule);
 }
 
 }  // namespace q2n
