@@ -123,3 +123,17 @@ TEST_CASE("SampleMeanAccumulator refuses mixed lengths, widths and bad values") 
   CHECK_THROWS_WITH_AS(q2n::SampleMeanAccumulator(3).mean(), doctest::Contains("no sequences"),
                        std::invalid_argument);
 }
+
+TEST_CASE_TEMPLATE("HessianAccumulator spans several column panels exactly", T, float, double) {
+  // 1100 columns: three panels of up to 512, the last one partial. Row-major input too.
+  const Eigen::Index cols = 1100;
+  const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> x =
+      gaussian<T>(30, cols, 19);
+  const Eigen::MatrixXd xd = x.template cast<double>();
+  const Eigen::MatrixXd ref = (2.0 / 30.0) * xd.transpose() * xd;
+  q2n::HessianAccumulator acc(cols);
+  acc.add(x);
+  // 30-term dot products formed in T: float's rounding ~30·2^-24 of |x|², double's ~1e-15.
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+  CHECK((acc.hessian() - ref).cwiseAbs().maxCoeff() <= tol * ref.cwiseAbs().maxCoeff());
+}

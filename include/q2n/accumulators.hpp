@@ -9,15 +9,17 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace q2n {
 
 /// Accumulates the GPTQ Hessian `H = (2/N) Σ_t x_t x_tᵀ` over calibration tokens.
 ///
-/// Each batch's product `XᵀX` is formed in the batch's own scalar type (a single GEMM, so
-/// float input runs at float speed) and added into a running sum kept in double, so that
-/// N in the hundreds of thousands of tokens does not erode the sum.
+/// Each batch's product `XᵀX` is formed in the batch's own scalar type (GEMMs, so float input
+/// runs at float speed) and added into a running sum kept in double, so that N in the hundreds
+/// of thousands of tokens does not erode the sum. The lower triangle is computed in column
+/// panels of 512, so a batch needs only cols × 512 scalars of scratch beside the sum.
 ///
 /// \code
 /// q2n::HessianAccumulator acc(cols);
@@ -42,11 +44,18 @@ class HessianAccumulator {
     detail::require_shape(tokens, -1, cols_, "q2n::HessianAccumulator::add", "tokens");
     if (tokens.rows() == 0) return;
     detail::require_finite(tokens, "q2n::HessianAccumulator::add", "tokens");
-    // Lower triangle via a symmetric rank-k update, then mirrored once in hessian().
-    Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> xtx =
-        Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>::Zero(cols_, cols_);
-    xtx.template selfadjointView<Eigen::Lower>().rankUpdate(tokens.transpose());
-    sum_.template triangularView<Eigen::Lower>() += xtx.template cast<double>();
+    // Lower triangle, panel by panel: rows j0.. of columns [j0, j0 + w) of XᵀX. The panel's
+    // diagonal block is computed whole; its strictly upper part is never read (hessian()
+    // mirrors the lower triangle).
+    using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+    const auto& x = tokens.derived();  // no copy: GEMM reads row- or column-major operands
+    constexpr Eigen::Index kPanel = 512;
+    Mat panel(cols_, std::min(kPanel, cols_));
+    for (Eigen::Index j0 = 0; j0 < cols_; j0 += kPanel) {
+      const Eigen::Index w = std::min(kPanel, cols_ - j0), h = cols_ - j0;
+      panel.topLeftCorner(h, w).noalias() = x.rightCols(h).transpose() * x.middleCols(j0, w);
+      sum_.block(j0, j0, h, w) += panel.topLeftCorner(h, w).template cast<double>();
+    }
     tokens_ += tokens.rows();
   }
 
