@@ -83,10 +83,18 @@ class HessianAccumulator {
     return h;
   }
 
-  /// \return hessian() converted to Scalar.
+  /// \return hessian() converted to Scalar, written straight from the double sum (no
+  /// cols × cols double temporary).
   template <class Scalar>
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> hessian_as() const {
-    return hessian().cast<Scalar>();
+    if (tokens_ == 0)
+      detail::fail("q2n::HessianAccumulator::hessian_as: no tokens were added; "
+                   "add calibration activations first");
+    const double scale = 2.0 / static_cast<double>(tokens_);
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h(cols_, cols_);
+    for (Eigen::Index j = 0; j < cols_; ++j)
+      for (Eigen::Index i = j; i < cols_; ++i) h(i, j) = h(j, i) = static_cast<Scalar>(sum_(i, j) * scale);
+    return h;
   }
 
  private:

@@ -349,14 +349,12 @@ void store(char* p, S v) {
 /// nearest-even in 16 bits).
 template <class S>
 std::uint16_t int_to_16bit_float(S v, bool bf16) {
-  const bool negative = v < 0;
-  std::uint64_t magnitude;
+  bool negative = false;
+  std::uint64_t magnitude = static_cast<std::uint64_t>(v);
   if constexpr (std::is_signed_v<S>) {
     // Two's complement negation in unsigned arithmetic also covers the most negative value.
-    magnitude =
-        negative ? std::uint64_t{0} - static_cast<std::uint64_t>(v) : static_cast<std::uint64_t>(v);
-  } else {
-    magnitude = static_cast<std::uint64_t>(v);
+    negative = v < 0;
+    if (negative) magnitude = std::uint64_t{0} - magnitude;
   }
   float f = q2n::detail::u64_to_float_round_to_odd(magnitude);
   if (negative) f = -f;
@@ -383,15 +381,9 @@ bool encode(S v, DType dtype, char* out) {
   };
   switch (dtype) {
     case DType::BOOL: {
-      bool ok;
-      if constexpr (std::is_floating_point_v<S>) {
-        ok = (v == 0 || v == 1);
-      } else if constexpr (std::is_same_v<S, bool>) {
-        ok = true;
-      } else {
-        ok = (v == 0 || v == 1);
+      if constexpr (!std::is_same_v<S, bool>) {
+        if (v != 0 && v != 1) return false;
       }
-      if (!ok) return false;
       store<std::uint8_t>(out, v ? 1 : 0);
       return true;
     }

@@ -1,0 +1,154 @@
+// Q2N and GPTQ at LLM layer shapes, against the machine's SGEMM rate measured in the same run
+// and against the reference algorithm's dense path (full eigendecomposition of cols × cols,
+// dense P, closed form from dense products).
+//
+// Shapes are rows × cols with T = 2048 calibration positions. Every benchmark runs one
+// iteration (the operations take seconds); rates are reported as counters in GFLOP/s.
+#include <q2n/projection.hpp>
+#include <q2n/quantizers.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <map>
+#include <random>
+#include <utility>
+
+namespace {
+
+constexpr Eigen::Index kT = 2048;
+
+Eigen::MatrixXf gaussian(Eigen::Index r, Eigen::Index c, std::uint32_t seed, float sd = 1.f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> nd(0.f, sd);
+  Eigen::MatrixXf m(r, c);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = nd(gen);
+  return m;
+}
+
+// Sample-averaged activations with LLM-like structure (see bench_projection.cpp).
+Eigen::MatrixXf make_abar(Eigen::Index cols, std::uint32_t seed = 1) {
+  Eigen::MatrixXf a = gaussian(kT, 32, seed) * gaussian(32, cols, seed + 1) / 32.f;
+  a += 0.05f * gaussian(kT, cols, seed + 2);
+  for (Eigen::Index c = 0; c < cols; c += 97) a.col(c) *= 20.f;
+  a.row(0) *= 50.f;
+  return a;
+}
+
+void BM_SGEMM(benchmark::State& state) {
+  const Eigen::Index n = state.range(0);
+  const Eigen::MatrixXf a = gaussian(n, n, 1), b = gaussian(n, n, 2);
+  Eigen::MatrixXf c(n, n);
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOPs"] = benchmark::Counter(2.0 * n * n * n * 1e-9 * state.iterations(),
+                                                benchmark::Counter::kIsRate);
+}
+
+void BM_Hessian(benchmark::State& state) {
+  const Eigen::Index cols = state.range(0);
+  const Eigen::MatrixXf x = gaussian(kT, cols, 3);
+  for (auto _ : state) {
+    q2n::HessianAccumulator acc(cols);
+    acc.add(x);
+    benchmark::DoNotOptimize(&acc);
+  }
+  // Useful work: the lower triangle of XᵀX, T·cols² flops (a full GEMM would be 2·T·cols²).
+  state.counters["GFLOPs"] = benchmark::Counter(double(kT) * cols * cols * 1e-9 * state.iterations(),
+                                                benchmark::Counter::kIsRate);
+}
+
+void BM_NullSpace(benchmark::State& state) {
+  const Eigen::Index cols = state.range(0);
+  const auto route = static_cast<q2n::SpectrumRoute>(state.range(1));
+  const Eigen::MatrixXf abar = make_abar(cols);
+  Eigen::Index kept = 0;
+  q2n::SpectrumRoute used = route;
+  for (auto _ : state) {
+    const auto ns = q2n::NullSpace<float>::compute(abar, {0.1, q2n::CutRule::paper, route});
+    kept = ns.kept();
+    used = ns.route();
+  }
+  state.counters["kept"] = double(kept);
+  state.counters["route_used"] = double(static_cast<int>(used));
+}
+
+// The whole Q2N refinement of one layer given Ā, W and Q: null space (automatic route) plus
+// the closed-form m and diag(m)·Q.
+void BM_Q2NRefine(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf abar = make_abar(cols);
+  const Eigen::MatrixXf w = gaussian(rows, cols, 4, 0.02f);
+  const Eigen::MatrixXf q = (w / 0.01f).array().round().matrix() * 0.01f;
+  for (auto _ : state) {
+    const auto ns = q2n::NullSpace<float>::compute(abar);
+    auto refined = q2n::refine(w, q, ns);
+    benchmark::DoNotOptimize(refined.Q.data());
+  }
+}
+
+// The reference algorithm's dense path: eigh of X = ĀᵀĀ (cols × cols), P = U0 U0ᵀ,
+// B = W (I − P) + Q P, m = (⟨B,Q⟩ + λ)/(‖Q‖² + λ). Also checks our m against it.
+void BM_ReferenceDenseRefine(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf abar = make_abar(cols);
+  const Eigen::MatrixXf w = gaussian(rows, cols, 4, 0.02f);
+  const Eigen::MatrixXf q = (w / 0.01f).array().round().matrix() * 0.01f;
+  Eigen::VectorXf m;
+  for (auto _ : state) {
+    const Eigen::MatrixXf x = abar.transpose() * abar;
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXf> es(x);
+    const Eigen::VectorXd s = es.eigenvalues().reverse().cast<double>();
+    const auto cut = q2n::find_cut(s.cwiseMax(0.0));
+    const Eigen::Index r = cut.found ? cut.kept : 0;
+    const Eigen::MatrixXf u0 = es.eigenvectors().leftCols(cols - r);  // ascending: the tail
+    const Eigen::MatrixXf p = u0 * u0.transpose();
+    const Eigen::MatrixXf b = w - w * p + q * p;
+    m = ((b.cwiseProduct(q).rowwise().sum().array() + 0.2f) /
+         (q.rowwise().squaredNorm().array() + 0.2f)).matrix();
+    benchmark::DoNotOptimize(m.data());
+  }
+  const auto ours = q2n::refine(w, q, q2n::NullSpace<float>::compute(abar)).m;
+  state.counters["max_rel_diff_m"] =
+      ((ours - m).array().abs() / m.array().abs()).maxCoeff();
+  state.counters["m_minus_1_max"] = (m.array() - 1.f).abs().maxCoeff();
+}
+
+void BM_GPTQ(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
+  q2n::HessianAccumulator acc(cols);
+  acc.add(x);
+  const Eigen::MatrixXf h = acc.hessian_as<float>();
+  const Eigen::MatrixXf w = gaussian(rows, cols, 9, 0.02f);
+  q2n::GptqOptions opt;
+  opt.bits = 4;
+  opt.groupsize = 128;
+  for (auto _ : state) {
+    auto res = q2n::gptq(w, h, opt);
+    benchmark::DoNotOptimize(res.Q.data());
+  }
+}
+
+void one_shot(benchmark::internal::Benchmark* b) {
+  b->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+}
+
+}  // namespace
+
+BENCHMARK(BM_SGEMM)->Arg(4096)->Apply(one_shot);
+BENCHMARK(BM_Hessian)->Arg(4096)->Arg(8192)->Arg(14336)->Apply(one_shot);
+BENCHMARK(BM_NullSpace)
+    ->Args({4096, int(q2n::SpectrumRoute::gram)})
+    ->Args({4096, int(q2n::SpectrumRoute::partial)})
+    ->Args({8192, int(q2n::SpectrumRoute::partial)})
+    ->Args({14336, int(q2n::SpectrumRoute::gram)})
+    ->Args({14336, int(q2n::SpectrumRoute::partial)})
+    ->Args({4096, int(q2n::SpectrumRoute::covariance)})
+    ->Apply(one_shot);
+BENCHMARK(BM_Q2NRefine)->Args({4096, 4096})->Args({4096, 14336})->Args({8192, 8192})
+    ->Args({8192, 28672})->Apply(one_shot);
+BENCHMARK(BM_GPTQ)->Args({4096, 4096})->Args({4096, 14336})->Args({8192, 8192})->Apply(one_shot);
+BENCHMARK(BM_ReferenceDenseRefine)->Args({4096, 4096})->Apply(one_shot);
+BENCHMARK_MAIN();

@@ -1,0 +1,171 @@
+#pragma once
+/// \file detail/uniform_kernels.hpp
+/// Hot loops of the uniform affine quantizer, in two interchangeable forms: xsimd batches
+/// across rows, and plain scalar code. Both evaluate exactly the same IEEE operations in the
+/// same order for every element, so their results are bit-identical:
+///
+///   t  = nearbyint(x / s) + z          (round half to even, like torch.round)
+///   t  = min(max(t, 0), maxq)          (the integer code, held in floating point)
+///   x̂  = s · (t − z)
+///   e  = |x̂ − x|^norm                  (MSE grid search only)
+///
+/// Rounding uses xsimd::nearbyint / std::nearbyint (half to even in the default rounding
+/// mode), not xsimd::round, which rounds half away from zero.
+///
+/// All kernels work on one column of a column-major matrix at a time and vectorize across
+/// rows, so that every per-row accumulation (min/max, grid error) is a plain sequential sum
+/// over the columns in both forms.
+///
+/// \note Bit identity assumes the default floating-point environment (round to nearest) and a
+/// compiler that does not contract `a·b − c` into a fused multiply-add differently in the two
+/// forms; x86-64 builds without `-mfma` never contract, otherwise pass `-ffp-contract=off`.
+/// `|e|^norm` is evaluated by xsimd::pow in both forms (a one-lane use in the scalar form), so
+/// the two forms agree on it too.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <q2n/quantizers/kernel_path.hpp>
+#include <type_traits>
+#include <xsimd/xsimd.hpp>
+
+namespace q2n::detail {
+
+#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+inline constexpr bool kHaveSimd = false;
+#else
+inline constexpr bool kHaveSimd = true;
+#endif
+
+/// Scalar form of the code computation (x / s, round half-even, shift, clamp).
+template <class T>
+inline T uniform_level(T x, T s, T z, T maxq) noexcept {
+  T t = std::nearbyint(x / s) + z;
+  t = std::max(t, T(0));
+  t = std::min(t, maxq);
+  return t;
+}
+
+/// |e|^norm, evaluated with xsimd::pow on one lane so that it matches the batch form.
+template <class T>
+inline T abs_pow(T e, T norm) noexcept {
+#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  return std::pow(std::abs(e), norm);
+#else
+  using B = xsimd::batch<T>;
+  return xsimd::pow(xsimd::abs(B(e)), B(norm)).get(0);
+#endif
+}
+
+/// Quantizes n values with per-element scale and zero.
+/// \param x,s,z  inputs (length n)
+/// \param xhat   dequantized output (length n)
+/// \param codes  integer codes output (length n), or nullptr
+template <class T>
+void quantize_span(const T* x, const T* s, const T* z, T maxq, Eigen::Index n, T* xhat,
+                   std::uint8_t* codes, KernelPath path) noexcept {
+  Eigen::Index i = 0;
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  if (path == KernelPath::simd) {
+    using B = xsimd::batch<T>;
+    constexpr Eigen::Index N = static_cast<Eigen::Index>(B::size);
+    const B zero(T(0)), top(maxq);
+    alignas(64) T buf[N];
+    for (; i + N <= n; i += N) {
+      const B vx = B::load_unaligned(x + i);
+      const B vs = B::load_unaligned(s + i);
+      const B vz = B::load_unaligned(z + i);
+      B t = xsimd::nearbyint(vx / vs) + vz;
+      t = xsimd::max(t, zero);
+      t = xsimd::min(t, top);
+      const B xh = vs * (t - vz);
+      xh.store_unaligned(xhat + i);
+      if (codes) {
+        t.store_aligned(buf);
+        for (Eigen::Index k = 0; k < N; ++k) codes[i + k] = static_cast<std::uint8_t>(buf[k]);
+      }
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    const T t = uniform_level(x[i], s[i], z[i], maxq);
+    xhat[i] = s[i] * (t - z[i]);
+    if (codes) codes[i] = static_cast<std::uint8_t>(t);
+  }
+}
+
+/// Dequantizes n codes with per-element scale and zero: xhat = s · (code − z).
+template <class T>
+void dequantize_span(const std::uint8_t* codes, const T* s, const T* z, Eigen::Index n, T* xhat,
+                     KernelPath path) noexcept {
+  Eigen::Index i = 0;
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  if (path == KernelPath::simd) {
+    using B = xsimd::batch<T>;
+    constexpr Eigen::Index N = static_cast<Eigen::Index>(B::size);
+    alignas(64) T buf[N];
+    for (; i + N <= n; i += N) {
+      for (Eigen::Index k = 0; k < N; ++k) buf[k] = static_cast<T>(codes[i + k]);
+      const B t = B::load_aligned(buf);
+      const B vs = B::load_unaligned(s + i);
+      const B vz = B::load_unaligned(z + i);
+      (vs * (t - vz)).store_unaligned(xhat + i);
+    }
+  }
+#endif
+  for (; i < n; ++i) xhat[i] = s[i] * (static_cast<T>(codes[i]) - z[i]);
+}
+
+/// Running per-row minimum and maximum: mn = min(mn, x), mx = max(mx, x) over n rows.
+template <class T>
+void minmax_update(const T* x, Eigen::Index n, T* mn, T* mx, KernelPath path) noexcept {
+  Eigen::Index i = 0;
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  if (path == KernelPath::simd) {
+    using B = xsimd::batch<T>;
+    constexpr Eigen::Index N = static_cast<Eigen::Index>(B::size);
+    for (; i + N <= n; i += N) {
+      const B vx = B::load_unaligned(x + i);
+      xsimd::min(B::load_unaligned(mn + i), vx).store_unaligned(mn + i);
+      xsimd::max(B::load_unaligned(mx + i), vx).store_unaligned(mx + i);
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    mn[i] = std::min(mn[i], x[i]);
+    mx[i] = std::max(mx[i], x[i]);
+  }
+}
+
+/// Grid-search error accumulation: err[r] += |s·(code − z) − x|^norm for one column.
+template <class T>
+void grid_error_update(const T* x, const T* s, const T* z, T maxq, T norm, Eigen::Index n, T* err,
+                       KernelPath path) noexcept {
+  Eigen::Index i = 0;
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+  if (path == KernelPath::simd) {
+    using B = xsimd::batch<T>;
+    constexpr Eigen::Index N = static_cast<Eigen::Index>(B::size);
+    const B zero(T(0)), top(maxq), p(norm);
+    for (; i + N <= n; i += N) {
+      const B vx = B::load_unaligned(x + i);
+      const B vs = B::load_unaligned(s + i);
+      const B vz = B::load_unaligned(z + i);
+      B t = xsimd::nearbyint(vx / vs) + vz;
+      t = xsimd::max(t, zero);
+      t = xsimd::min(t, top);
+      const B xh = vs * (t - vz);
+      const B e = xsimd::pow(xsimd::abs(xh - vx), p);
+      (B::load_unaligned(err + i) + e).store_unaligned(err + i);
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    const T t = uniform_level(x[i], s[i], z[i], maxq);
+    const T xh = s[i] * (t - z[i]);
+    err[i] = err[i] + abs_pow(xh - x[i], norm);
+  }
+}
+
+}  // namespace q2n::detail
