@@ -131,6 +131,17 @@ void BM_GPTQ(benchmark::State& state) {
   }
 }
 
+void BM_RTN(benchmark::State& state) {
+  const Eigen::MatrixXf w = gaussian(state.range(0), state.range(1), 9, 0.02f);
+  q2n::RtnOptions opt;
+  opt.bits = 4;
+  opt.groupsize = 128;
+  for (auto _ : state) {
+    auto res = q2n::rtn(w, opt);
+    benchmark::DoNotOptimize(res.Q.data());
+  }
+}
+
 void one_shot(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
 }
@@ -149,6 +160,7 @@ BENCHMARK(BM_NullSpace)
     ->Apply(one_shot);
 BENCHMARK(BM_Q2NRefine)->Args({4096, 4096})->Args({4096, 14336})->Args({8192, 8192})
     ->Args({8192, 28672})->Apply(one_shot);
+BENCHMARK(BM_RTN)->Args({4096, 4096})->Apply(one_shot);
 BENCHMARK(BM_GPTQ)->Args({4096, 4096})->Args({4096, 14336})->Args({8192, 8192})->Apply(one_shot);
 BENCHMARK(BM_ReferenceDenseRefine)->Args({4096, 4096})->Apply(one_shot);
 BENCHMARK_MAIN();

@@ -1,0 +1,156 @@
+#pragma once
+/// \file forward.hpp
+/// The float32 forward pass of a Llama / Qwen2-style decoder over one window of tokens, batched
+/// as whole-window matrix products (T tokens × hidden), split into the stages the sequential
+/// calibration needs to observe: the inputs of q/k/v, of o, of up/gate and of down.
+
+#include "model.hpp"
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace llama {
+
+/// Rotary embedding tables for positions 0 … T−1 (rotate-half convention: dimension i pairs
+/// with i + head_dim/2).
+struct Rope {
+  Matrix cos, sin;  ///< T × head_dim/2
+
+  Rope() = default;
+  Rope(const Config& c, Eigen::Index T) {
+    const Eigen::Index half = c.head_dim / 2;
+    cos.resize(T, half);
+    sin.resize(T, half);
+    for (Eigen::Index i = 0; i < half; ++i) {
+      // Hugging Face computes the inverse frequencies and the angles in float32.
+      const float inv_freq = static_cast<float>(
+          1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / c.head_dim));
+      for (Eigen::Index p = 0; p < T; ++p) {
+        const float angle = static_cast<float>(p) * inv_freq;
+        cos(p, i) = std::cos(angle);
+        sin(p, i) = std::sin(angle);
+      }
+    }
+  }
+
+  /// Rotates every head (consecutive blocks of head_dim columns) of x (T × heads·head_dim).
+  void apply(Matrix& x, Eigen::Index head_dim) const {
+    const Eigen::Index half = head_dim / 2;
+    const Eigen::Index heads = x.cols() / head_dim;
+    for (Eigen::Index h = 0; h < heads; ++h) {
+      auto a = x.middleCols(h * head_dim, half);
+      auto b = x.middleCols(h * head_dim + half, half);
+      Matrix a0 = a;
+      a = a0.cwiseProduct(cos) - b.cwiseProduct(sin);
+      b = b.cwiseProduct(cos) + a0.cwiseProduct(sin);
+    }
+  }
+};
+
+/// y = x / sqrt(mean(x²) + eps) ⊙ w, row by row.
+inline void rms_norm(const Matrix& x, const Vector& w, double eps, Matrix& y) {
+  y.resize(x.rows(), x.cols());
+  const float e = static_cast<float>(eps);
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    const float ms = x.row(r).squaredNorm() / static_cast<float>(x.cols());
+    y.row(r) = (x.row(r) * (1.0f / std::sqrt(ms + e))).cwiseProduct(w.transpose());
+  }
+}
+
+/// Causal grouped-query attention on the normalized input xn (T × hidden) with the layer's
+/// q/k/v weights; returns the concatenated head outputs (T × heads·head_dim): the input of
+/// o_proj. Query head h reads KV head h / (heads / kv_heads).
+inline Matrix attention_core(const DecoderLayer& L, const Config& c, const Rope& rope,
+                             const Matrix& xn) {
+  const Eigen::Index T = xn.rows(), hd = c.head_dim;
+  Matrix q, k, v;
+  L.q.apply(xn, q);
+  L.k.apply(xn, k);
+  L.v.apply(xn, v);
+  rope.apply(q, hd);
+  rope.apply(k, hd);
+  const int group = c.num_attention_heads / c.num_key_value_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  Matrix out(T, static_cast<Eigen::Index>(c.num_attention_heads) * hd);
+  Matrix s(T, T);
+  for (int h = 0; h < c.num_attention_heads; ++h) {
+    const Eigen::Index kvh = h / group;
+    s.noalias() = q.middleCols(h * hd, hd) * k.middleCols(kvh * hd, hd).transpose();
+    for (Eigen::Index i = 0; i < T; ++i) {
+      auto row = s.row(i);
+      const float mx = (row.head(i + 1) * scale).maxCoeff();
+      float sum = 0;
+      for (Eigen::Index j = 0; j <= i; ++j) {
+        const float e = std::exp(row(j) * scale - mx);
+        row(j) = e;
+        sum += e;
+      }
+      row.head(i + 1) /= sum;
+      row.tail(T - i - 1).setZero();
+    }
+    out.middleCols(h * hd, hd).noalias() = s * v.middleCols(kvh * hd, hd);
+  }
+  return out;
+}
+
+/// silu(gate(x)) ⊙ up(x): the input of down_proj.
+inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& xn) {
+  Matrix g, u;
+  L.gate.apply(xn, g);
+  L.up.apply(xn, u);
+  g = g.array() / (1.0f + (-g.array()).exp());
+  return g.cwiseProduct(u);
+}
+
+/// One decoder layer applied in place to the residual stream x (T × hidden).
+inline void decoder_layer(const DecoderLayer& L, const Config& c, const Rope& rope, Matrix& x) {
+  Matrix xn, y;
+  rms_norm(x, L.input_norm, c.rms_norm_eps, xn);
+  L.o.apply(attention_core(L, c, rope, xn), y);
+  x += y;
+  rms_norm(x, L.post_norm, c.rms_norm_eps, xn);
+  L.down.apply(mlp_activation(L, xn), y);
+  x += y;
+}
+
+/// Embedding lookup: the residual stream entering layer 0 (T × hidden).
+inline Matrix embed(const Model& m, const std::uint8_t* tokens, Eigen::Index T) {
+  Matrix x(T, m.config.hidden_size);
+  for (Eigen::Index t = 0; t < T; ++t) x.row(t) = m.embed.row(tokens[t]);
+  return x;
+}
+
+/// Final norm and LM head on the residual stream: logits (T × vocab).
+inline Matrix lm_logits(const Model& m, const Matrix& x) {
+  Matrix xn, logits;
+  rms_norm(x, m.norm, m.config.rms_norm_eps, xn);
+  m.lm_head.apply(xn, logits);
+  return logits;
+}
+
+/// Logits of a whole window (tokens are byte values: token id = byte).
+inline Matrix forward(const Model& m, const Rope& rope, const std::uint8_t* tokens,
+                      Eigen::Index T) {
+  Matrix x = embed(m, tokens, T);
+  for (const DecoderLayer& L : m.layers) decoder_layer(L, m.config, rope, x);
+  return lm_logits(m, x);
+}
+
+/// Σ_t −log softmax(logits_t)[target_t] in double.
+inline double window_nll(const Matrix& logits, const std::uint8_t* targets) {
+  double nll = 0;
+  for (Eigen::Index t = 0; t < logits.rows(); ++t) {
+    const auto row = logits.row(t);
+    const double mx = row.maxCoeff();
+    double z = 0;
+    for (Eigen::Index j = 0; j < row.size(); ++j) z += std::exp(double(row(j)) - mx);
+    nll += mx + std::log(z) - double(row(targets[t]));
+  }
+  return nll;
+}
+
+}  // namespace llama

@@ -1,0 +1,295 @@
+#pragma once
+/// \file model.hpp
+/// Weights of a Llama / Qwen2-style decoder, loaded from (and saved to) a Hugging Face
+/// safetensors checkpoint. Every weight is held in float32 whatever its stored type.
+
+#include "config.hpp"
+
+#include <q2n/io/safetensors.hpp>
+
+#include <Eigen/Core>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace llama {
+
+/// Activations and weights: row-major float32, one token (or one output channel) per row.
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Vector = Eigen::VectorXf;
+
+/// A linear layer `y = x Wᵀ + b` with W stored [out, in] as in PyTorch.
+struct Linear {
+  Matrix weight;  ///< out × in
+  Vector bias;    ///< empty when the checkpoint has none (Llama); q/k/v have one in Qwen2
+
+  bool has_bias() const { return bias.size() > 0; }
+  Eigen::Index in_features() const { return weight.cols(); }
+  Eigen::Index out_features() const { return weight.rows(); }
+
+  /// y = x Wᵀ + b for a batch of tokens x (n × in).
+  void apply(const Matrix& x, Matrix& y) const {
+    y.noalias() = x * weight.transpose();
+    if (has_bias()) y.rowwise() += bias.transpose();
+  }
+};
+
+/// The seven linear layers of a decoder layer, in the order the sequential calibration visits
+/// them (true-sequential groups: q,k,v | o | up,gate | down).
+enum class Proj { q, k, v, o, up, gate, down };
+inline constexpr Proj kAllProj[] = {Proj::q, Proj::k, Proj::v, Proj::o,
+                                    Proj::up, Proj::gate, Proj::down};
+
+/// Hugging Face module name of a projection inside `model.layers.{i}`.
+inline const char* proj_name(Proj p) {
+  switch (p) {
+    case Proj::q: return "self_attn.q_proj";
+    case Proj::k: return "self_attn.k_proj";
+    case Proj::v: return "self_attn.v_proj";
+    case Proj::o: return "self_attn.o_proj";
+    case Proj::up: return "mlp.up_proj";
+    case Proj::gate: return "mlp.gate_proj";
+    case Proj::down: return "mlp.down_proj";
+  }
+  return "";
+}
+
+/// One decoder layer: pre-norm attention block and pre-norm SwiGLU block.
+struct DecoderLayer {
+  Vector input_norm;  ///< RMSNorm weight before attention
+  Vector post_norm;   ///< RMSNorm weight before the MLP
+  Linear q, k, v, o, gate, up, down;
+
+  Linear& linear(Proj p) {
+    switch (p) {
+      case Proj::q: return q;
+      case Proj::k: return k;
+      case Proj::v: return v;
+      case Proj::o: return o;
+      case Proj::up: return up;
+      case Proj::gate: return gate;
+      case Proj::down: return down;
+    }
+    return q;
+  }
+  const Linear& linear(Proj p) const { return const_cast<DecoderLayer*>(this)->linear(p); }
+};
+
+/// A whole causal LM.
+struct Model {
+  Config config;
+  Matrix embed;  ///< vocab × hidden
+  std::vector<DecoderLayer> layers;
+  Vector norm;     ///< final RMSNorm weight
+  Linear lm_head;  ///< vocab × hidden; a copy of `embed` when tie_word_embeddings
+};
+
+namespace detail {
+
+/// Tensor lookup over a single-file or sharded (`model.safetensors.index.json`) checkpoint.
+class Checkpoint {
+ public:
+  explicit Checkpoint(const std::string& dir) {
+    namespace fs = std::filesystem;
+    const std::string single = dir + "/model.safetensors";
+    const std::string index = dir + "/model.safetensors.index.json";
+    if (fs::is_regular_file(single)) {
+      open(single);
+      for (const auto& n : readers_.back()->names()) where_[n] = 0;
+    } else if (fs::is_regular_file(index)) {
+      std::ifstream in(index);
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::parse_error& e) {
+        fail("llama::load_model: ", index, " is not valid JSON (", e.what(), ")");
+      }
+      if (!j.contains("weight_map") || !j["weight_map"].is_object())
+        fail("llama::load_model: ", index, " has no \"weight_map\" object");
+      std::map<std::string, std::size_t> shard_of_file;
+      for (const auto& [name, file] : j["weight_map"].items()) {
+        if (!file.is_string())
+          fail("llama::load_model: ", index, ": weight_map[\"", name, "\"] is not a file name");
+        const std::string f = file.get<std::string>();
+        auto it = shard_of_file.find(f);
+        if (it == shard_of_file.end()) {
+          open(dir + "/" + f);
+          it = shard_of_file.emplace(f, readers_.size() - 1).first;
+        }
+        where_[name] = it->second;
+      }
+    } else {
+      fail("llama::load_model: ", dir, " holds neither model.safetensors nor "
+           "model.safetensors.index.json; pass --model DIR with a Hugging Face checkpoint");
+    }
+  }
+
+  bool contains(const std::string& name) const { return where_.count(name) > 0; }
+
+  /// Reads a tensor as a float matrix after checking its shape.
+  Matrix matrix(const std::string& name, std::int64_t rows, std::int64_t cols,
+                const char* why) const {
+    const auto& [reader, path] = locate(name);
+    const auto& info = reader->info(name);
+    const std::vector<std::int64_t> want{rows, cols};
+    check(info, path, name, want, why);
+    return reader->template read_matrix<float>(name);
+  }
+
+  /// Reads a 1-D tensor as a float vector after checking its length.
+  Vector vector(const std::string& name, std::int64_t n, const char* why) const {
+    const auto& [reader, path] = locate(name);
+    check(reader->info(name), path, name, {n}, why);
+    const std::vector<float> flat = reader->template read_flat<float>(name);
+    return Eigen::Map<const Vector>(flat.data(), static_cast<Eigen::Index>(flat.size()));
+  }
+
+ private:
+  void open(const std::string& path) {
+    if (!std::filesystem::is_regular_file(path))
+      fail("llama::load_model: checkpoint file ", path, " does not exist");
+    try {
+      readers_.push_back(std::make_unique<q2n::io::SafetensorsReader>(path));
+    } catch (const std::exception& e) {
+      fail("llama::load_model: cannot read ", path, ": ", e.what());
+    }
+    paths_.push_back(path);
+  }
+
+  std::pair<const q2n::io::SafetensorsReader*, const std::string&> locate(
+      const std::string& name) const {
+    auto it = where_.find(name);
+    if (it == where_.end())
+      fail("llama::load_model: tensor \"", name, "\" is missing from ",
+           paths_.empty() ? std::string("the checkpoint") : paths_.front(),
+           "; the checkpoint does not match the Llama/Qwen2 layout");
+    return {readers_[it->second].get(), paths_[it->second]};
+  }
+
+  static std::string shape_str(const std::vector<std::int64_t>& s) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+  }
+
+  static void check(const q2n::io::TensorInfo& info, const std::string& path,
+                    const std::string& name, const std::vector<std::int64_t>& want,
+                    const char* why) {
+    using q2n::io::DType;
+    if (info.dtype != DType::BF16 && info.dtype != DType::F16 && info.dtype != DType::F32 &&
+        info.dtype != DType::F64)
+      fail("llama::load_model: ", path, ": tensor \"", name,
+           "\" is not floating point (BF16/F16/F32/F64); quantized checkpoints cannot be loaded");
+    if (info.shape != want)
+      fail("llama::load_model: ", path, ": tensor \"", name, "\" has shape ",
+           shape_str(info.shape), " but config.json implies ", shape_str(want), " (", why,
+           "); the config and the weights disagree");
+  }
+
+  std::vector<std::unique_ptr<q2n::io::SafetensorsReader>> readers_;
+  std::vector<std::string> paths_;
+  std::map<std::string, std::size_t> where_;
+};
+
+inline Linear load_linear(const Checkpoint& ck, const std::string& prefix, std::int64_t out,
+                          std::int64_t in, const char* why) {
+  Linear l;
+  l.weight = ck.matrix(prefix + ".weight", out, in, why);
+  if (ck.contains(prefix + ".bias")) l.bias = ck.vector(prefix + ".bias", out, why);
+  return l;
+}
+
+}  // namespace detail
+
+/// Loads `DIR/config.json` and `DIR/model.safetensors` (or a sharded checkpoint).
+/// Throws std::invalid_argument naming the file and the problem: missing directory or file,
+/// malformed config, missing tensor, a tensor whose shape disagrees with the config.
+inline Model load_model(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir))
+    fail("llama::load_model: model directory ", dir,
+         " does not exist; pass --model DIR with a directory that holds config.json and "
+         "model.safetensors");
+  Model m;
+  m.config = load_config(dir + "/config.json");
+  const Config& c = m.config;
+  detail::Checkpoint ck(dir);
+  const std::int64_t h = c.hidden_size, inter = c.intermediate_size;
+  const std::int64_t qdim = std::int64_t{c.num_attention_heads} * c.head_dim;
+  const std::int64_t kvdim = std::int64_t{c.num_key_value_heads} * c.head_dim;
+
+  m.embed = ck.matrix("model.embed_tokens.weight", c.vocab_size, h, "vocab_size x hidden_size");
+  m.layers.resize(static_cast<std::size_t>(c.num_hidden_layers));
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    DecoderLayer& L = m.layers[static_cast<std::size_t>(i)];
+    L.input_norm = ck.vector(p + "input_layernorm.weight", h, "hidden_size");
+    L.post_norm = ck.vector(p + "post_attention_layernorm.weight", h, "hidden_size");
+    L.q = detail::load_linear(ck, p + "self_attn.q_proj", qdim, h,
+                              "num_attention_heads*head_dim x hidden_size");
+    L.k = detail::load_linear(ck, p + "self_attn.k_proj", kvdim, h,
+                              "num_key_value_heads*head_dim x hidden_size");
+    L.v = detail::load_linear(ck, p + "self_attn.v_proj", kvdim, h,
+                              "num_key_value_heads*head_dim x hidden_size");
+    L.o = detail::load_linear(ck, p + "self_attn.o_proj", h, qdim,
+                              "hidden_size x num_attention_heads*head_dim");
+    L.gate = detail::load_linear(ck, p + "mlp.gate_proj", inter, h,
+                                 "intermediate_size x hidden_size");
+    L.up = detail::load_linear(ck, p + "mlp.up_proj", inter, h, "intermediate_size x hidden_size");
+    L.down = detail::load_linear(ck, p + "mlp.down_proj", h, inter,
+                                 "hidden_size x intermediate_size");
+  }
+  m.norm = ck.vector("model.norm.weight", h, "hidden_size");
+  if (c.tie_word_embeddings && !ck.contains("lm_head.weight")) {
+    m.lm_head.weight = m.embed;
+  } else {
+    m.lm_head = detail::load_linear(ck, "lm_head", c.vocab_size, h, "vocab_size x hidden_size");
+  }
+  return m;
+}
+
+/// Writes `DIR/config.json` and `DIR/model.safetensors` (all tensors in `dtype`, Hugging Face
+/// names), loadable again by load_model. Creates DIR if needed.
+inline void save_model(const Model& m, const std::string& dir,
+                       q2n::io::DType dtype = q2n::io::DType::F32) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir))
+    fail("llama::save_model: cannot create directory ", dir, " (", ec.message(), ")");
+  q2n::io::SafetensorsWriter w;
+  w.set_metadata("format", "pt");
+  auto add_vec = [&](const std::string& name, const Vector& v) {
+    w.add(name, v.transpose(), dtype, {static_cast<std::int64_t>(v.size())});
+  };
+  auto add_lin = [&](const std::string& prefix, const Linear& l) {
+    w.add(prefix + ".weight", l.weight, dtype);
+    if (l.has_bias()) add_vec(prefix + ".bias", l.bias);
+  };
+  w.add("model.embed_tokens.weight", m.embed, dtype);
+  for (std::size_t i = 0; i < m.layers.size(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const DecoderLayer& L = m.layers[i];
+    add_vec(p + "input_layernorm.weight", L.input_norm);
+    add_vec(p + "post_attention_layernorm.weight", L.post_norm);
+    for (Proj pr : kAllProj) add_lin(p + proj_name(pr), L.linear(pr));
+  }
+  add_vec("model.norm.weight", m.norm);
+  if (!m.config.tie_word_embeddings) add_lin("lm_head", m.lm_head);
+  w.write(dir + "/model.safetensors");
+
+  nlohmann::json cfg = m.config.raw;
+  cfg["torch_dtype"] = dtype == q2n::io::DType::BF16   ? "bfloat16"
+                       : dtype == q2n::io::DType::F16 ? "float16"
+                                                      : "float32";
+  std::ofstream out(dir + "/config.json");
+  out << cfg.dump(2) << "\n";
+  if (!out) fail("llama::save_model: cannot write ", dir, "/config.json");
+}
+
+}  // namespace llama

@@ -1,0 +1,192 @@
+#pragma once
+/// \file sequential.hpp
+/// GPTQ-style sequential calibration: layer by layer, in true-sequential groups
+/// [q, k, v] → [o] → [up, gate] → [down], collect the calibration statistics of a group's
+/// inputs (with every earlier group already quantized), quantize the group, and move on; the
+/// next layer sees the outputs of the quantized layer.
+
+#include "forward.hpp"
+#include "layer_quant.hpp"
+#include "text.hpp"
+
+#include <q2n/accumulators.hpp>
+#include <q2n/null_space.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace llama {
+
+/// The calibration windows as the residual stream entering layer 0: S windows of T tokens
+/// stacked by rows ((S·T) × hidden), window s in rows [sT, (s+1)T).
+struct Calibration {
+  Matrix inputs;
+  Eigen::Index seqlen = 0;
+  std::vector<std::size_t> starts;  ///< byte offsets of the windows in the calibration text
+  Eigen::Index windows() const { return seqlen ? inputs.rows() / seqlen : 0; }
+};
+
+/// Draws `n` windows of T bytes from `text` (seeded) and embeds them.
+inline Calibration capture_layer0_inputs(const Model& m, const std::vector<std::uint8_t>& text,
+                                         Eigen::Index T, int n, std::uint64_t seed) {
+  if (n <= 0) fail("llama::capture_layer0_inputs: nsamples = ", n, " must be positive");
+  Calibration c;
+  c.seqlen = T;
+  c.starts = calibration_starts(text.size(), T, n, seed);
+  c.inputs.resize(static_cast<Eigen::Index>(n) * T, m.config.hidden_size);
+  for (int s = 0; s < n; ++s)
+    c.inputs.middleRows(s * T, T) = embed(m, text.data() + c.starts[static_cast<std::size_t>(s)], T);
+  return c;
+}
+
+/// Calibration statistics of one group's inputs X ((S·T) × cols).
+struct InputStats {
+  Eigen::MatrixXd hessian;  ///< H = (2/N) Σ x xᵀ over all S·T tokens
+  Eigen::MatrixXd abar;     ///< Ā (T × cols): per-position mean over the S windows (empty
+                            ///< when not requested)
+};
+
+/// Number of shards the Hessian sum is split into (fixed, so that the result does not depend
+/// on the thread count).
+inline constexpr int kHessianShards = 8;
+
+/// H and Ā of X, windows of `seqlen` rows. Definition (reproduced exactly by the tests):
+/// window s goes to shard s·kHessianShards / S; each shard adds its windows one by one (one
+/// HessianAccumulator::add per window); the shards are merged in shard order. Ā adds all
+/// windows in order (only when `with_mean`: Q2N needs it, the quantizers do not).
+inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_mean = true) {
+  const Eigen::Index S = X.rows() / seqlen;
+  std::vector<q2n::HessianAccumulator> shards(kHessianShards, q2n::HessianAccumulator(X.cols()));
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1)
+#endif
+  for (int k = 0; k < kHessianShards; ++k)
+    for (Eigen::Index s = 0; s < S; ++s)
+      if (s * kHessianShards / S == k) shards[static_cast<std::size_t>(k)].add(X.middleRows(s * seqlen, seqlen));
+  for (int k = 1; k < kHessianShards; ++k) shards[0].merge(shards[static_cast<std::size_t>(k)]);
+  InputStats st;
+  st.hessian = shards[0].hessian();
+  if (with_mean) {
+    q2n::SampleMeanAccumulator mean(X.cols());
+    mean.add_sequences(X, seqlen);
+    st.abar = mean.mean();
+  }
+  return st;
+}
+
+/// What happened to one linear layer during a pass.
+struct LinearRecord {
+  int layer = 0;
+  Proj proj = Proj::q;
+  LinearResult result;
+};
+
+/// Options of a sequential pass.
+struct PassOptions {
+  MethodSpec spec;
+  bool q2n_down_proj = false;  ///< apply Q2N to mlp.down_proj too (skipped by default)
+  /// With spec.q2n: propagate the UNREFINED weights to the next layer and collect the refined
+  /// ones in PassResult::twin, so one pass yields both the baseline and the +Q2N model (the
+  /// +Q2N model's later layers are then calibrated on the baseline's inputs: an approximation).
+  bool shared_twin = false;
+  /// Called after each layer ("layer i of n") for progress output.
+  std::function<void(int layer, int layers)> on_layer;
+  /// Called for every quantized linear with its calibration inputs ((S·T) × cols).
+  std::function<void(int layer, Proj proj, const Matrix& inputs, const InputStats& stats,
+                     const Matrix& W, const LinearResult& result)>
+      on_linear;
+};
+
+/// Result of a sequential pass: the fake-quantized model and per-linear records.
+struct PassResult {
+  Model model;        ///< the quantized model (with shared_twin: the baseline, unrefined)
+  Model twin;         ///< with shared_twin: the +Q2N model
+  std::vector<LinearRecord> records;
+  double seconds = 0;
+};
+
+namespace detail {
+
+// Quantizes the linears of one group (all reading `inputs`) in place in `L`.
+inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::initializer_list<Proj> group,
+                           const Matrix& inputs, Eigen::Index seqlen, const PassOptions& opt,
+                           std::vector<LinearRecord>& records) {
+  const bool is_down = *group.begin() == Proj::down;
+  MethodSpec spec = opt.spec;
+  if (is_down && !opt.q2n_down_proj) spec.q2n = false;
+  const InputStats stats = input_stats(inputs, seqlen, spec.q2n || opt.on_linear != nullptr);
+  // One null space per group: the members share their inputs.
+  std::optional<q2n::NullSpace<float>> ns;
+  if (spec.q2n) ns = q2n::NullSpace<float>::compute(stats.abar, spec.null_space);
+  for (Proj p : group) {
+    Linear& lin = L.linear(p);
+    LinearRecord rec;
+    rec.layer = layer;
+    rec.proj = p;
+    rec.result = quantize_linear(lin.weight, stats.hessian, ns ? &*ns : nullptr, spec);
+    if (opt.on_linear) opt.on_linear(layer, p, inputs, stats, lin.weight, rec.result);
+    if (twin) {
+      twin->linear(p).weight = rec.result.Q;
+      lin.weight = rec.result.Q_before;
+    } else {
+      lin.weight = rec.result.Q;
+    }
+    rec.result.Q.resize(0, 0);  // the model holds it now
+    rec.result.Q_before.resize(0, 0);
+    records.push_back(std::move(rec));
+  }
+}
+
+}  // namespace detail
+
+/// Runs the sequential pass over all layers of `fp` (left untouched) and returns the
+/// quantized copy.
+inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
+                                      const PassOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  PassResult out;
+  out.model = fp;
+  Model& m = out.model;
+  const bool twin = opt.shared_twin && opt.spec.q2n;
+  if (twin) out.twin = fp;
+  const Config& c = m.config;
+  const Eigen::Index T = calib.seqlen, S = calib.windows();
+  const Rope rope(c, T);
+  Matrix x = calib.inputs;  // residual stream entering the current layer
+  Matrix xn, att, h, act, y;
+  const int n_layers = static_cast<int>(m.layers.size());
+  for (int i = 0; i < n_layers; ++i) {
+    DecoderLayer& L = m.layers[static_cast<std::size_t>(i)];
+    DecoderLayer* tw = twin ? &out.twin.layers[static_cast<std::size_t>(i)] : nullptr;
+    // [q, k, v]: inputs are the normalized residual stream.
+    rms_norm(x, L.input_norm, c.rms_norm_eps, xn);
+    detail::quantize_group(L, tw, i, {Proj::q, Proj::k, Proj::v}, xn, T, opt, out.records);
+    // [o]: inputs are the attention outputs computed with the quantized q, k, v.
+    att.resize(S * T, static_cast<Eigen::Index>(c.num_attention_heads) * c.head_dim);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1)
+#endif
+    for (Eigen::Index s = 0; s < S; ++s)
+      att.middleRows(s * T, T) = attention_core(L, c, rope, xn.middleRows(s * T, T));
+    detail::quantize_group(L, tw, i, {Proj::o}, att, T, opt, out.records);
+    // [up, gate]: inputs are the normalized stream after the quantized attention block.
+    L.o.apply(att, y);
+    h = x + y;
+    rms_norm(h, L.post_norm, c.rms_norm_eps, xn);
+    detail::quantize_group(L, tw, i, {Proj::up, Proj::gate}, xn, T, opt, out.records);
+    // [down]: inputs are silu(gate x) ⊙ up x with the quantized up and gate.
+    act = mlp_activation(L, xn);
+    detail::quantize_group(L, tw, i, {Proj::down}, act, T, opt, out.records);
+    L.down.apply(act, y);
+    x = h + y;
+    if (opt.on_layer) opt.on_layer(i, n_layers);
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+}  // namespace llama
