@@ -159,7 +159,11 @@ TEST_CASE("the float model reproduces the reference perplexity protocol") {
       nll += llama::window_nll(llama::forward(m, rope, text.data() + w * 256, 256),
                                text.data() + w * 256 + 1);
     CHECK(p.windows == windows);
-    CHECK(p.nll == doctest::Approx(nll).epsilon(1e-12));
+    // Same float32 arithmetic; only Eigen's GEMM blocking may differ (it depends on whether
+    // the product runs inside the parallel window loop), which moves logits by float
+    // rounding (~1e-7 relative). A protocol error (wrong window or target offset) would move
+    // the NLL by whole percents.
+    CHECK(p.nll == doctest::Approx(nll).epsilon(1e-6));
     // The first windows of the held-out text are in the model's typical range.
     CHECK(p.ppl() > 2.0);
     CHECK(p.ppl() < 6.0);
