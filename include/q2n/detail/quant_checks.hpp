@@ -68,6 +68,24 @@ inline void check_blocksize(Eigen::Index blocksize, const char* fn) {
   if (blocksize <= 0) fail(fn, ": blocksize = ", blocksize, " must be positive (default 128)");
 }
 
+/// The checks shared by the Hessian-based quantizers (GPTQ, OWQ, PB-LLM): scalar types,
+/// W non-empty and finite, H cols × cols / finite / PSD diagonal / not all zero, and the
+/// damping and block settings.
+template <class DW, class DH>
+void check_second_order(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DH>& H,
+                        double percdamp, Eigen::Index blocksize, int max_damping_retries,
+                        const char* fn) {
+  static_check_scalar<typename DW::Scalar>();
+  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
+                "q2n quantizers: H must be a floating-point matrix");
+  check_weights(W, fn);
+  check_hessian(H, W.cols(), fn);
+  check_percdamp(percdamp, fn);
+  check_blocksize(blocksize, fn);
+  if (max_damping_retries < 0)
+    fail(fn, ": max_damping_retries = ", max_damping_retries, " must be >= 0");
+}
+
 inline void check_mse(bool mse, double norm, int grid, double maxshrink, const char* fn) {
   if (!mse) return;
   if (!(norm > 0) || !std::isfinite(norm))

@@ -116,43 +116,23 @@ void init_uniform_storage(QuantStorage<Scalar>& s, QuantMethod method, Eigen::In
 
 }  // namespace detail
 
-/// GPTQ quantization of W with Hessian H.
-/// \param W rows × cols weights (float or double, any storage order), finite
-/// \param H cols × cols Hessian `(2/N) Σ x xᵀ` (any floating type), finite, symmetric, PSD,
-///          not all zero; rank-deficient H is fine (damping)
-/// \param options see GptqOptions
-/// \return Q (original column order) and its storage; diagnostics.loss, .damping, .percdamp,
-///         .retries, .dead_columns
-/// \throws std::invalid_argument for bad options, shapes, non-finite or all-zero input
-/// \throws NumericalError when no damping within the retry budget gives a factorization
-template <class DW, class DH>
-QuantResult<typename DW::Scalar> gptq(const Eigen::MatrixBase<DW>& W,
-                                      const Eigen::MatrixBase<DH>& H,
-                                      const GptqOptions& options = {}) {
-  using Scalar = typename DW::Scalar;
+namespace detail {
+
+/// The algorithm on plain matrices (one instantiation per scalar type): w is W, h is H
+/// converted to the weights' type; both are consumed.
+template <class Scalar>
+QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> w,
+                           Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
+                           const GptqOptions& options) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-  detail::static_check_scalar<Scalar>();
-  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
-                "q2n::gptq: H must be a floating-point matrix");
   const char* fn = "q2n::gptq";
-  detail::check_bits(options.bits, fn);
-  detail::check_weights(W, fn);
-  detail::check_groupsize(options.groupsize, W.cols(), fn);
-  detail::check_hessian(H, W.cols(), fn);
-  detail::check_percdamp(options.percdamp, fn);
-  detail::check_blocksize(options.blocksize, fn);
-  if (options.max_damping_retries < 0)
-    detail::fail(fn, ": max_damping_retries = ", options.max_damping_retries, " must be >= 0");
-
-  const Index rows = W.rows(), cols = W.cols();
+  const Index rows = w.rows(), cols = w.cols();
   const bool grouped = options.groupsize != -1;
   const Index gs = grouped ? options.groupsize : cols;
   const Index groups = cols / gs;
   const bool static_groups = grouped && options.static_groups;
 
-  Matrix w = W;
-  Matrix h = H.template cast<Scalar>();
 
   QuantResult<Scalar> res;
   auto& s = res.storage;
@@ -210,6 +190,30 @@ QuantResult<typename DW::Scalar> gptq(const Eigen::MatrixBase<DW>& W,
   }
   res.Q = dequantize(s, options.kernel);
   return res;
+}
+
+}  // namespace detail
+
+/// GPTQ quantization of W with Hessian H.
+/// \param W rows × cols weights (float or double, any storage order), finite
+/// \param H cols × cols Hessian `(2/N) Σ x xᵀ` (any floating type), finite, symmetric, PSD,
+///          not all zero; rank-deficient H is fine (damping)
+/// \param options see GptqOptions
+/// \return Q (original column order) and its storage; diagnostics.loss, .damping, .percdamp,
+///         .retries, .dead_columns
+/// \throws std::invalid_argument for bad options, shapes, non-finite or all-zero input
+/// \throws NumericalError when no damping within the retry budget gives a factorization
+template <class DW, class DH>
+QuantResult<typename DW::Scalar> gptq(const Eigen::MatrixBase<DW>& W,
+                                    const Eigen::MatrixBase<DH>& H,
+                                    const GptqOptions& options = {}) {
+  const char* fn = "q2n::gptq";
+  detail::check_bits(options.bits, fn);
+  detail::check_groupsize(options.groupsize, W.cols(), fn);
+  detail::check_second_order(W, H, options.percdamp, options.blocksize,
+                             options.max_damping_retries, fn);
+  using Scalar = typename DW::Scalar;
+  return detail::gptq_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
 }
 
 }  // namespace q2n

@@ -77,32 +77,18 @@ inline Eigen::Index owq_outlier_count(Eigen::Index cols, int bits, double target
   return n;
 }
 
-/// OWQ quantization of W with Hessian H.
-/// \param W rows × cols weights, finite
-/// \param H cols × cols Hessian, finite, PSD, not all zero
-/// \param options see OwqOptions (n_out = outlier_columns, or from target_bits)
-/// \return Q (kept columns = their compensated full-precision values) and storage with
-///         perm (quantized columns first, kept last), fp_columns, fp_values, g_idx (−1 for
-///         kept columns)
-template <class DW, class DH>
-QuantResult<typename DW::Scalar> owq(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DH>& H,
-                                     const OwqOptions& options = {}) {
-  using Scalar = typename DW::Scalar;
+namespace detail {
+
+/// The algorithm on plain matrices (one instantiation per scalar type): w is W, h is H
+/// converted to the weights' type; both are consumed.
+template <class Scalar>
+QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> w,
+                           Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
+                           const OwqOptions& options) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-  detail::static_check_scalar<Scalar>();
-  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
-                "q2n::owq: H must be a floating-point matrix");
   const char* fn = "q2n::owq";
-  detail::check_bits(options.bits, fn);
-  detail::check_weights(W, fn);
-  detail::check_groupsize(options.groupsize, W.cols(), fn);
-  detail::check_hessian(H, W.cols(), fn);
-  detail::check_percdamp(options.percdamp, fn);
-  detail::check_blocksize(options.blocksize, fn);
-  if (options.max_damping_retries < 0)
-    detail::fail(fn, ": max_damping_retries = ", options.max_damping_retries, " must be >= 0");
-  const Index rows = W.rows(), cols = W.cols();
+  const Index rows = w.rows(), cols = w.cols();
   Index n_out = options.outlier_columns;
   if (options.target_bits != 0) {
     if (options.outlier_columns != 0)
@@ -117,8 +103,6 @@ QuantResult<typename DW::Scalar> owq(const Eigen::MatrixBase<DW>& W, const Eigen
   const Index gs = grouped ? options.groupsize : std::max<Index>(n_quant, 1);
   const Index groups = grouped ? (n_quant + gs - 1) / gs : 1;
 
-  Matrix w = W;
-  Matrix h = H.template cast<Scalar>();
   const detail::UniformSpec spec =
       detail::uniform_spec(options.bits, options.sym, options.mse, options.kernel);
   detail::UniformFitter<Scalar> fitter(rows, spec);
@@ -207,6 +191,28 @@ QuantResult<typename DW::Scalar> owq(const Eigen::MatrixBase<DW>& W, const Eigen
   }
   res.Q = dequantize(s, options.kernel);
   return res;
+}
+
+}  // namespace detail
+
+/// OWQ quantization of W with Hessian H.
+/// \param W rows × cols weights, finite
+/// \param H cols × cols Hessian, finite, PSD, not all zero
+/// \param options see OwqOptions (n_out = outlier_columns, or from target_bits)
+/// \return Q (kept columns = their compensated full-precision values) and storage with
+///         perm (quantized columns first, kept last), fp_columns, fp_values, g_idx (−1 for
+///         kept columns)
+template <class DW, class DH>
+QuantResult<typename DW::Scalar> owq(const Eigen::MatrixBase<DW>& W,
+                                    const Eigen::MatrixBase<DH>& H,
+                                    const OwqOptions& options = {}) {
+  const char* fn = "q2n::owq";
+  detail::check_bits(options.bits, fn);
+  detail::check_groupsize(options.groupsize, W.cols(), fn);
+  detail::check_second_order(W, H, options.percdamp, options.blocksize,
+                             options.max_damping_retries, fn);
+  using Scalar = typename DW::Scalar;
+  return detail::owq_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
 }
 
 }  // namespace q2n

@@ -62,40 +62,21 @@ inline Eigen::Index pbllm_binarized_count(Eigen::Index n, double low_frac) {
   return std::min(n, k);
 }
 
-/// PB-LLM quantization of W with Hessian H.
-/// \param W rows × cols weights, finite
-/// \param H cols × cols Hessian, finite, PSD, not all zero
-/// \param options see PbllmOptions
-/// \return Q and storage (method pbllm: codes / scales / zeros of the high-bit quantizer, one
-///         group per row; salient mask, signs, bin_alpha, bin_mean per binarization group)
-template <class DW, class DH>
-QuantResult<typename DW::Scalar> pbllm(const Eigen::MatrixBase<DW>& W,
-                                       const Eigen::MatrixBase<DH>& H,
-                                       const PbllmOptions& options = {}) {
-  using Scalar = typename DW::Scalar;
+namespace detail {
+
+/// The algorithm on plain matrices (one instantiation per scalar type): w is W, h is H
+/// converted to the weights' type; both are consumed.
+template <class Scalar>
+QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> w,
+                           Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
+                           const PbllmOptions& options) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-  detail::static_check_scalar<Scalar>();
-  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
-                "q2n::pbllm: H must be a floating-point matrix");
   const char* fn = "q2n::pbllm";
-  detail::check_bits(options.high_bits, fn, "high_bits");
-  detail::check_weights(W, fn);
-  detail::check_groupsize(options.groupsize, W.cols(), fn);
-  detail::check_hessian(H, W.cols(), fn);
-  detail::check_percdamp(options.percdamp, fn);
-  detail::check_blocksize(options.blocksize, fn);
-  if (!(options.low_frac >= 0 && options.low_frac <= 1))
-    detail::fail(fn, ": low_frac = ", options.low_frac, " must be in [0, 1] (default 0.9)");
-  if (options.max_damping_retries < 0)
-    detail::fail(fn, ": max_damping_retries = ", options.max_damping_retries, " must be >= 0");
-
-  const Index rows = W.rows(), cols = W.cols();
+  const Index rows = w.rows(), cols = w.cols();
   const Index bg = options.groupsize == -1 ? cols : options.groupsize;
   const Index bin_groups = cols / bg;
 
-  Matrix w = W;
-  Matrix h = H.template cast<Scalar>();
 
   QuantResult<Scalar> res;
   auto& s = res.storage;
@@ -179,6 +160,29 @@ QuantResult<typename DW::Scalar> pbllm(const Eigen::MatrixBase<DW>& W,
       options.reference_arithmetic ? options.blocksize : detail::kSubBlock, quantize);
   res.Q = dequantize(s, options.kernel);
   return res;
+}
+
+}  // namespace detail
+
+/// PB-LLM quantization of W with Hessian H.
+/// \param W rows × cols weights, finite
+/// \param H cols × cols Hessian, finite, PSD, not all zero
+/// \param options see PbllmOptions
+/// \return Q and storage (method pbllm: codes / scales / zeros of the high-bit quantizer, one
+///         group per row; salient mask, signs, bin_alpha, bin_mean per binarization group)
+template <class DW, class DH>
+QuantResult<typename DW::Scalar> pbllm(const Eigen::MatrixBase<DW>& W,
+                                    const Eigen::MatrixBase<DH>& H,
+                                    const PbllmOptions& options = {}) {
+  const char* fn = "q2n::pbllm";
+  detail::check_bits(options.high_bits, fn, "high_bits");
+  detail::check_groupsize(options.groupsize, W.cols(), fn);
+  if (!(options.low_frac >= 0 && options.low_frac <= 1))
+    detail::fail(fn, ": low_frac = ", options.low_frac, " must be in [0, 1] (default 0.9)");
+  detail::check_second_order(W, H, options.percdamp, options.blocksize,
+                             options.max_damping_retries, fn);
+  using Scalar = typename DW::Scalar;
+  return detail::pbllm_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
 }
 
 }  // namespace q2n
