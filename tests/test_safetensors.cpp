@@ -445,10 +445,11 @@ TEST_CASE("conformance vector: tensors, shapes, dtypes and metadata of a referen
       {"gptq.Q", {DType::F32, {64, 256}}},  {"q2n.eigenvalues", {DType::F64, {256}}},
       {"q2n.cut_index", {DType::I32, {1}}}, {"q2n.m", {DType::F64, {64}}},
       {"q2n.Q", {DType::F64, {64, 256}}}};
-  for (const auto& [name, dt_shape] : expected) {
+  for (const auto& entry : expected) {
+    const std::string& name = entry.first;  // a named variable: CAPTURE needs one
     CAPTURE(name);
-    CHECK(r.info(name).dtype == dt_shape.first);
-    CHECK(r.info(name).shape == dt_shape.second);
+    CHECK(r.info(name).dtype == entry.second.first);
+    CHECK(r.info(name).shape == entry.second.second);
   }
   CHECK(r.metadata().size() == 18);
   CHECK(r.metadata().at("rows") == "64");
