@@ -4,12 +4,11 @@
 //
 // Shapes are rows × cols with T = 2048 calibration positions. Every benchmark runs one
 // iteration (the operations take seconds); rates are reported as counters in GFLOP/s.
-#include <q2n/projection.hpp>
-#include <q2n/quantizers.hpp>
-
 #include <benchmark/benchmark.h>
 
 #include <map>
+#include <q2n/projection.hpp>
+#include <q2n/quantizers.hpp>
 #include <random>
 #include <utility>
 
@@ -42,8 +41,8 @@ void BM_SGEMM(benchmark::State& state) {
     c.noalias() = a * b;
     benchmark::DoNotOptimize(c.data());
   }
-  state.counters["GFLOPs"] = benchmark::Counter(2.0 * n * n * n * 1e-9 * state.iterations(),
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(2.0 * n * n * n * 1e-9 * state.iterations(), benchmark::Counter::kIsRate);
 }
 
 void BM_Hessian(benchmark::State& state) {
@@ -55,8 +54,8 @@ void BM_Hessian(benchmark::State& state) {
     benchmark::DoNotOptimize(&acc);
   }
   // Useful work: the lower triangle of XᵀX, T·cols² flops (a full GEMM would be 2·T·cols²).
-  state.counters["GFLOPs"] = benchmark::Counter(double(kT) * cols * cols * 1e-9 * state.iterations(),
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPs"] = benchmark::Counter(
+      double(kT) * cols * cols * 1e-9 * state.iterations(), benchmark::Counter::kIsRate);
 }
 
 void BM_NullSpace(benchmark::State& state) {
@@ -106,15 +105,19 @@ void BM_ReferenceDenseRefine(benchmark::State& state) {
     const Eigen::MatrixXf p = u0 * u0.transpose();
     const Eigen::MatrixXf b = w - w * p + q * p;
     m = ((b.cwiseProduct(q).rowwise().sum().array() + 0.2f) /
-         (q.rowwise().squaredNorm().array() + 0.2f)).matrix();
+         (q.rowwise().squaredNorm().array() + 0.2f))
+            .matrix();
     benchmark::DoNotOptimize(m.data());
   }
   const auto ours = q2n::refine(w, q, q2n::NullSpace<float>::compute(abar)).m;
-  state.counters["max_rel_diff_m"] =
-      ((ours - m).array().abs() / m.array().abs()).maxCoeff();
+  state.counters["max_rel_diff_m"] = ((ours - m).array().abs() / m.array().abs()).maxCoeff();
   state.counters["m_minus_1_max"] = (m.array() - 1.f).abs().maxCoeff();
 }
 
+// GPTQ 4-bit, group 128, with its time split into the H⁻¹ factorization, the in-block sweep
+// and the lazy updates; the lazy updates' rate counts 2·rows·count·(cols − i2) flops per block.
+// Arg 2 = 1 runs the reference's operation order (reference_arithmetic: chol → inverse → chol
+// and one rank-1 update per column inside a block) for the before/after comparison.
 void BM_GPTQ(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);
   const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
@@ -125,10 +128,20 @@ void BM_GPTQ(benchmark::State& state) {
   q2n::GptqOptions opt;
   opt.bits = 4;
   opt.groupsize = 128;
+  opt.reference_arithmetic = state.range(2) != 0;
+  q2n::QuantDiagnostics d;
   for (auto _ : state) {
     auto res = q2n::gptq(w, h, opt);
     benchmark::DoNotOptimize(res.Q.data());
+    d = res.diagnostics;
   }
+  double lazy_flops = 0;
+  for (Eigen::Index i2 = opt.blocksize; i2 < cols; i2 += opt.blocksize)
+    lazy_flops += 2.0 * double(rows) * double(opt.blocksize) * double(cols - i2);
+  state.counters["factor_s"] = d.seconds.factorization;
+  state.counters["sweep_s"] = d.seconds.sweep;
+  state.counters["lazy_s"] = d.seconds.lazy_update;
+  state.counters["lazy_GFLOPs"] = lazy_flops * 1e-9 / d.seconds.lazy_update;
 }
 
 void BM_RTN(benchmark::State& state) {
@@ -158,9 +171,18 @@ BENCHMARK(BM_NullSpace)
     ->Args({14336, int(q2n::SpectrumRoute::partial)})
     ->Args({4096, int(q2n::SpectrumRoute::covariance)})
     ->Apply(one_shot);
-BENCHMARK(BM_Q2NRefine)->Args({4096, 4096})->Args({4096, 14336})->Args({8192, 8192})
-    ->Args({8192, 28672})->Apply(one_shot);
+BENCHMARK(BM_Q2NRefine)
+    ->Args({4096, 4096})
+    ->Args({4096, 14336})
+    ->Args({8192, 8192})
+    ->Args({8192, 28672})
+    ->Apply(one_shot);
 BENCHMARK(BM_RTN)->Args({4096, 4096})->Apply(one_shot);
-BENCHMARK(BM_GPTQ)->Args({4096, 4096})->Args({4096, 14336})->Args({8192, 8192})->Apply(one_shot);
+BENCHMARK(BM_GPTQ)
+    ->Args({4096, 4096, 0})
+    ->Args({4096, 4096, 1})
+    ->Args({4096, 14336, 0})
+    ->Args({8192, 8192, 0})
+    ->Apply(one_shot);
 BENCHMARK(BM_ReferenceDenseRefine)->Args({4096, 4096})->Apply(one_shot);
 BENCHMARK_MAIN();

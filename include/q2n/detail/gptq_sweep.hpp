@@ -19,10 +19,18 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <chrono>
+#include <q2n/quantizers/result.hpp>
 
 namespace q2n::detail {
 
 inline constexpr Eigen::Index kSubBlock = 16;
+
+using Clock = std::chrono::steady_clock;
+
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 /// Runs the sweep over the first n_quant columns of W (in processing order).
 /// \param W        rows × cols working weights (modified: lazy updates)
@@ -30,18 +38,21 @@ inline constexpr Eigen::Index kSubBlock = 16;
 /// \param sub_block width of the rank-1 sub-blocks (≥ 1)
 /// \param quantize callable `(Index k, const Matrix& W, const T* w, T* q)` that writes the
 ///                 quantized values of the working column w (position k) into q
-/// \return the GPTQ objective Σ (w − q)² / U_kk²
+/// \param diag     receives loss (the GPTQ objective Σ (w − q)² / U_kk²), seconds.sweep and
+///                 seconds.lazy_update
 template <class T, class Quantize>
-double gptq_sweep(Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& W,
-                  const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& U, Eigen::Index n_quant,
-                  Eigen::Index blocksize, Eigen::Index sub_block, Quantize&& quantize) {
+void gptq_sweep(Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& W,
+                const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& U, Eigen::Index n_quant,
+                Eigen::Index blocksize, Eigen::Index sub_block, Quantize&& quantize,
+                QuantDiagnostics& diag) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
   const Index rows = W.rows(), cols = W.cols();
   const Index bs = std::min(blocksize, std::max<Index>(n_quant, 1));
   Matrix W1(rows, bs), Err1(rows, bs);
   Eigen::Matrix<T, Eigen::Dynamic, 1> q(rows);
-  double loss = 0;
+  double loss = 0, lazy = 0;
+  const auto start = Clock::now();
 
   for (Index i1 = 0; i1 < n_quant; i1 += bs) {
     const Index i2 = std::min(i1 + bs, n_quant);
@@ -61,10 +72,15 @@ double gptq_sweep(Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& W,
         W1.middleCols(s1, count - s1).noalias() -=
             Err1.middleCols(s0, s1 - s0) * U.block(i1 + s0, i1 + s1, s1 - s0, count - s1);
     }
-    if (i2 < cols)
+    if (i2 < cols) {
+      const auto t0 = Clock::now();
       W.rightCols(cols - i2).noalias() -= Err1.leftCols(count) * U.block(i1, i2, count, cols - i2);
+      lazy += seconds_since(t0);
+    }
   }
-  return loss;
+  diag.loss = loss;
+  diag.seconds.lazy_update = lazy;
+  diag.seconds.sweep = seconds_since(start) - lazy;
 }
 
 }  // namespace q2n::detail

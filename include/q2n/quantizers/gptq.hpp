@@ -122,8 +122,8 @@ namespace detail {
 /// converted to the weights' type; both are consumed.
 template <class Scalar>
 QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> w,
-                           Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
-                           const GptqOptions& options) {
+                              Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
+                              const GptqOptions& options) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   const char* fn = "q2n::gptq";
@@ -132,7 +132,6 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   const Index gs = grouped ? options.groupsize : cols;
   const Index groups = cols / gs;
   const bool static_groups = grouped && options.static_groups;
-
 
   QuantResult<Scalar> res;
   auto& s = res.storage;
@@ -159,9 +158,11 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   for (Index k = 0; k < cols; ++k) wp.col(k) = w.col(perm[k]);
   w.resize(0, 0);
 
+  const auto t_factor = detail::Clock::now();
   auto inv = detail::damped_inverse_cholesky<Scalar>(
       h, perm, options.percdamp, options.max_damping_retries, options.reference_arithmetic, fn);
   h.resize(0, 0);
+  res.diagnostics.seconds.factorization = detail::seconds_since(t_factor);
   res.diagnostics.percdamp = inv.percdamp;
   res.diagnostics.damping = inv.damping;
   res.diagnostics.retries = inv.retries;
@@ -180,9 +181,9 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
     detail::quantize_span(col, s.scales.col(g).data(), s.zeros.col(g).data(), maxq, rows, q,
                           s.codes.col(perm[k]).data(), path);
   };
-  res.diagnostics.loss = detail::gptq_sweep<Scalar>(
-      wp, inv.U, cols, options.blocksize,
-      options.reference_arithmetic ? options.blocksize : detail::kSubBlock, quantize);
+  detail::gptq_sweep<Scalar>(wp, inv.U, cols, options.blocksize,
+                             options.reference_arithmetic ? options.blocksize : detail::kSubBlock,
+                             quantize, res.diagnostics);
 
   for (Index k = 0; k < cols; ++k) {
     const Index j = perm[k];
@@ -205,13 +206,13 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
 /// \throws NumericalError when no damping within the retry budget gives a factorization
 template <class DW, class DH>
 QuantResult<typename DW::Scalar> gptq(const Eigen::MatrixBase<DW>& W,
-                                    const Eigen::MatrixBase<DH>& H,
-                                    const GptqOptions& options = {}) {
+                                      const Eigen::MatrixBase<DH>& H,
+                                      const GptqOptions& options = {}) {
   const char* fn = "q2n::gptq";
   detail::check_bits(options.bits, fn);
   detail::check_groupsize(options.groupsize, W.cols(), fn);
-  detail::check_second_order(W, H, options.percdamp, options.blocksize,
-                             options.max_damping_retries, fn);
+  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
+                             fn);
   using Scalar = typename DW::Scalar;
   return detail::gptq_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
 }

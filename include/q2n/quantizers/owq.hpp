@@ -83,8 +83,8 @@ namespace detail {
 /// converted to the weights' type; both are consumed.
 template <class Scalar>
 QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> w,
-                           Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
-                           const OwqOptions& options) {
+                             Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
+                             const OwqOptions& options) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   const char* fn = "q2n::owq";
@@ -158,9 +158,11 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
     }
   res.diagnostics.dead_columns = dead;
 
+  const auto t_factor = detail::Clock::now();
   auto inv = detail::damped_inverse_cholesky<Scalar>(
       h, perm, options.percdamp, options.max_damping_retries, options.reference_arithmetic, fn);
   h.resize(0, 0);
+  res.diagnostics.seconds.factorization = detail::seconds_since(t_factor);
   res.diagnostics.percdamp = inv.percdamp;
   res.diagnostics.damping = inv.damping;
   res.diagnostics.retries = inv.retries;
@@ -177,9 +179,9 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
     detail::quantize_span(col, s.scales.col(g).data(), s.zeros.col(g).data(), maxq, rows, q,
                           s.codes.col(perm[k]).data(), path);
   };
-  res.diagnostics.loss = detail::gptq_sweep<Scalar>(
-      wp, inv.U, n_quant, options.blocksize,
-      options.reference_arithmetic ? options.blocksize : detail::kSubBlock, quantize);
+  detail::gptq_sweep<Scalar>(wp, inv.U, n_quant, options.blocksize,
+                             options.reference_arithmetic ? options.blocksize : detail::kSubBlock,
+                             quantize, res.diagnostics);
 
   for (Index k = 0; k < n_quant; ++k) s.g_idx(perm[k]) = static_cast<int>(grouped ? k / gs : 0);
   s.fp_columns.resize(n_out);
@@ -203,14 +205,13 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
 ///         perm (quantized columns first, kept last), fp_columns, fp_values, g_idx (−1 for
 ///         kept columns)
 template <class DW, class DH>
-QuantResult<typename DW::Scalar> owq(const Eigen::MatrixBase<DW>& W,
-                                    const Eigen::MatrixBase<DH>& H,
-                                    const OwqOptions& options = {}) {
+QuantResult<typename DW::Scalar> owq(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DH>& H,
+                                     const OwqOptions& options = {}) {
   const char* fn = "q2n::owq";
   detail::check_bits(options.bits, fn);
   detail::check_groupsize(options.groupsize, W.cols(), fn);
-  detail::check_second_order(W, H, options.percdamp, options.blocksize,
-                             options.max_damping_retries, fn);
+  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
+                             fn);
   using Scalar = typename DW::Scalar;
   return detail::owq_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
 }

@@ -68,15 +68,14 @@ namespace detail {
 /// converted to the weights' type; both are consumed.
 template <class Scalar>
 QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> w,
-                           Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
-                           const PbllmOptions& options) {
+                               Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
+                               const PbllmOptions& options) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   const char* fn = "q2n::pbllm";
   const Index rows = w.rows(), cols = w.cols();
   const Index bg = options.groupsize == -1 ? cols : options.groupsize;
   const Index bin_groups = cols / bg;
-
 
   QuantResult<Scalar> res;
   auto& s = res.storage;
@@ -96,9 +95,11 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
 
   std::vector<int> perm(static_cast<std::size_t>(cols));
   std::iota(perm.begin(), perm.end(), 0);
+  const auto t_factor = detail::Clock::now();
   auto inv = detail::damped_inverse_cholesky<Scalar>(
       h, perm, options.percdamp, options.max_damping_retries, options.reference_arithmetic, fn);
   h.resize(0, 0);
+  res.diagnostics.seconds.factorization = detail::seconds_since(t_factor);
   res.diagnostics.percdamp = inv.percdamp;
   res.diagnostics.damping = inv.damping;
   res.diagnostics.retries = inv.retries;
@@ -155,9 +156,9 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
       q[r] = static_cast<Scalar>(sg) * s.bin_alpha(r, g) + mean;
     }
   };
-  res.diagnostics.loss = detail::gptq_sweep<Scalar>(
-      w, inv.U, cols, options.blocksize,
-      options.reference_arithmetic ? options.blocksize : detail::kSubBlock, quantize);
+  detail::gptq_sweep<Scalar>(w, inv.U, cols, options.blocksize,
+                             options.reference_arithmetic ? options.blocksize : detail::kSubBlock,
+                             quantize, res.diagnostics);
   res.Q = dequantize(s, options.kernel);
   return res;
 }
@@ -172,15 +173,15 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
 ///         group per row; salient mask, signs, bin_alpha, bin_mean per binarization group)
 template <class DW, class DH>
 QuantResult<typename DW::Scalar> pbllm(const Eigen::MatrixBase<DW>& W,
-                                    const Eigen::MatrixBase<DH>& H,
-                                    const PbllmOptions& options = {}) {
+                                       const Eigen::MatrixBase<DH>& H,
+                                       const PbllmOptions& options = {}) {
   const char* fn = "q2n::pbllm";
   detail::check_bits(options.high_bits, fn, "high_bits");
   detail::check_groupsize(options.groupsize, W.cols(), fn);
   if (!(options.low_frac >= 0 && options.low_frac <= 1))
     detail::fail(fn, ": low_frac = ", options.low_frac, " must be in [0, 1] (default 0.9)");
-  detail::check_second_order(W, H, options.percdamp, options.blocksize,
-                             options.max_damping_retries, fn);
+  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
+                             fn);
   using Scalar = typename DW::Scalar;
   return detail::pbllm_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
 }

@@ -84,6 +84,14 @@ struct QuantDiagnostics {
   double damping = 0;             ///< absolute damping finally added to diag(H)
   int retries = 0;                ///< Cholesky retries with grown damping (0 = first try worked)
   Eigen::Index dead_columns = 0;  ///< columns with H_jj = 0 (their weights were zeroed)
+  /// Wall-clock seconds of the Hessian-based quantizers' phases (all 0 for RTN): the damped
+  /// H⁻¹ factorization, the in-block column sweep (quantization and in-block error feedback)
+  /// and the lazy updates of the later columns (one matrix product per block).
+  struct Seconds {
+    double factorization = 0;
+    double sweep = 0;
+    double lazy_update = 0;
+  } seconds;
 };
 
 /// Result of every quantizer: Q (rows × cols, original column order) = dequantize(storage).
