@@ -9,8 +9,7 @@
 using q2n_test::gaussian;
 using q2n_test::Mat;
 
-TEST_CASE_TEMPLATE("HessianAccumulator equals (2/N) XᵀX over all tokens, any batching", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("HessianAccumulator equals (2/N) XᵀX over all tokens, any batching", T, Q2N_TEST_SCALARS) {
   const Eigen::Index cols = 24;
   const Mat<T> x = gaussian<T>(101, cols, 7);
   // Reference: brute-force outer products in double.
@@ -70,7 +69,7 @@ TEST_CASE("HessianAccumulator accepts row-major maps and refuses bad input") {
                        std::invalid_argument);
 }
 
-TEST_CASE_TEMPLATE("SampleMeanAccumulator weights every sequence equally", T, float, double) {
+TEST_CASE_TEMPLATE("SampleMeanAccumulator weights every sequence equally", T, Q2N_TEST_SCALARS) {
   const Eigen::Index cols = 6, seqlen = 5, samples = 7;
   const Mat<T> x = gaussian<T>(samples * seqlen, cols, 11);
   Eigen::MatrixXd ref = Eigen::MatrixXd::Zero(seqlen, cols);
@@ -124,7 +123,7 @@ TEST_CASE("SampleMeanAccumulator refuses mixed lengths, widths and bad values") 
                        std::invalid_argument);
 }
 
-TEST_CASE_TEMPLATE("HessianAccumulator spans several column panels exactly", T, float, double) {
+TEST_CASE_TEMPLATE("HessianAccumulator spans several column panels exactly", T, Q2N_TEST_SCALARS) {
   // 1100 columns: three panels of up to 512, the last one partial. Row-major input too.
   const Eigen::Index cols = 1100;
   const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> x =

@@ -21,8 +21,7 @@ template <class T>
 double eps() { return std::numeric_limits<T>::epsilon(); }
 }  // namespace
 
-TEST_CASE_TEMPLATE("NullSpace: P is a symmetric idempotent projector that annihilates Ā", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("NullSpace: P is a symmetric idempotent projector that annihilates Ā", T, Q2N_TEST_SCALARS) {
   const Eigen::Index cols = 48, seqlen = 32;
   const Mat<T> abar = structured_activations<T>(seqlen, cols, 6, 3);
   for (auto route : {q2n::SpectrumRoute::covariance, q2n::SpectrumRoute::gram}) {
@@ -60,8 +59,7 @@ TEST_CASE_TEMPLATE("NullSpace: P is a symmetric idempotent projector that annihi
   }
 }
 
-TEST_CASE_TEMPLATE("NullSpace: covariance and Gram routes give the same projector", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("NullSpace: covariance and Gram routes give the same projector", T, Q2N_TEST_SCALARS) {
   // T < cols (Gram is the cheap route) and T > cols (Gram is the larger matrix).
   for (auto shape : {std::pair<Eigen::Index, Eigen::Index>{24, 64}, {80, 40}}) {
     const Mat<T> abar = structured_activations<T>(shape.first, shape.second, 5, 21, 1e-2);
@@ -84,7 +82,7 @@ TEST_CASE_TEMPLATE("NullSpace: covariance and Gram routes give the same projecto
   }
 }
 
-TEST_CASE_TEMPLATE("NullSpace: no cut means P = I", T, float, double) {
+TEST_CASE_TEMPLATE("NullSpace: no cut means P = I", T, Q2N_TEST_SCALARS) {
   // Two inputs: the paper rule needs at least three eigenvalues, so no cut exists whatever the
   // data (a structural case, independent of rounding).
   const Mat<T> m2 = q2n_test::gaussian<T>(3, 2, 6);
@@ -137,7 +135,7 @@ TEST_CASE("NullSpace accepts any dense expression and refuses bad input") {
   CHECK_THROWS_AS(NS::identity(0), std::invalid_argument);
 }
 
-TEST_CASE_TEMPLATE("NullSpace: the partial route matches the dense route", T, float, double) {
+TEST_CASE_TEMPLATE("NullSpace: the partial route matches the dense route", T, Q2N_TEST_SCALARS) {
   // LLM-like activations (small cut) on both sides of seqlen = cols, and the automatic choice.
   for (auto shape : {std::pair<Eigen::Index, Eigen::Index>{160, 480}, {512, 200}}) {
     CAPTURE(shape.first);

@@ -34,7 +34,7 @@ double minimize_row(const Eigen::RowVectorXd& b, const Eigen::RowVectorXd& q, do
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("equivalent_vector is the minimizer of the Q2N objective", T, float, double) {
+TEST_CASE_TEMPLATE("equivalent_vector is the minimizer of the Q2N objective", T, Q2N_TEST_SCALARS) {
   const Eigen::Index rows = 12, cols = 40, seqlen = 24;
   const Mat<T> abar = structured_activations<T>(seqlen, cols, 4, 31);
   const Mat<T> w = gaussian<T>(rows, cols, 32, 0.05);
@@ -69,7 +69,7 @@ TEST_CASE_TEMPLATE("equivalent_vector is the minimizer of the Q2N objective", T,
   CHECK(refined.Q == (refined.m.asDiagonal() * q).eval());
 }
 
-TEST_CASE_TEMPLATE("no cut leaves Q unchanged; zero rows keep m = 1", T, float, double) {
+TEST_CASE_TEMPLATE("no cut leaves Q unchanged; zero rows keep m = 1", T, Q2N_TEST_SCALARS) {
   const Mat<T> w = gaussian<T>(4, 10, 2, 0.1);
   const Mat<T> q = round_to_grid(w, 0.05);
   const auto id = q2n::NullSpace<T>::identity(10);
@@ -83,7 +83,7 @@ TEST_CASE_TEMPLATE("no cut leaves Q unchanged; zero rows keep m = 1", T, float, 
   CHECK(q2n::equivalent_vector(w, qz, ns, 0.0)(1) == T(1));
 }
 
-TEST_CASE_TEMPLATE("fold_into_scales reproduces diag(m) Q from codes", T, float, double) {
+TEST_CASE_TEMPLATE("fold_into_scales reproduces diag(m) Q from codes", T, Q2N_TEST_SCALARS) {
   // Q = s ⊙ (q − z) per (row, group) of 4 columns; folding m into s leaves codes and zeros.
   const Eigen::Index rows = 3, cols = 8, group = 4;
   Eigen::MatrixXi codes(rows, cols);

@@ -51,7 +51,7 @@ double rel_out_err(const Eigen::MatrixXd& X, const Eigen::MatrixXd& W, const Eig
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("gptq conformance with the reference on every vector file", T, float, double) {
+TEST_CASE_TEMPLATE("gptq conformance with the reference on every vector file", T, Q2N_TEST_SCALARS) {
   const auto files = vector_files();
   REQUIRE(files.size() >= 6);
   for (const auto& path : files) {
@@ -108,8 +108,7 @@ TEST_CASE_TEMPLATE("gptq conformance with the reference on every vector file", T
   }
 }
 
-TEST_CASE_TEMPLATE("Q2N plug-in on the reference gptq.Q reproduces q2n.m and q2n.Q", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("Q2N plug-in on the reference gptq.Q reproduces q2n.m and q2n.Q", T, Q2N_TEST_SCALARS) {
   for (const auto& path : vector_files()) {
     const std::string name = std::filesystem::path(path).stem().string();
     CAPTURE(name);
@@ -212,7 +211,7 @@ TEST_CASE("gptq matches a plain double-precision re-implementation (all option c
   CHECK(cases == 192);
 }
 
-TEST_CASE_TEMPLATE("gptq in float agrees with the double re-implementation", T, float, double) {
+TEST_CASE_TEMPLATE("gptq in float agrees with the double re-implementation", T, Q2N_TEST_SCALARS) {
   const Mat<T> W = q2n_test::gaussian<T>(16, 64, 41);
   const Mat<T> X = q2n_test::structured_activations<T>(128, 64, 16, 42);
   const Mat<T> H = (T(2) / 128) * X.transpose() * X;
@@ -229,8 +228,7 @@ TEST_CASE_TEMPLATE("gptq in float agrees with the double re-implementation", T, 
   CHECK(frac >= (std::is_same_v<T, float> ? 0.98 : 1.0));
 }
 
-TEST_CASE_TEMPLATE("gptq damping: rank-deficient H quantizes and reports the damping", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("gptq damping: rank-deficient H quantizes and reports the damping", T, Q2N_TEST_SCALARS) {
   const Mat<T> W = q2n_test::gaussian<T>(8, 32, 51);
   const Mat<T> X = q2n_test::gaussian<T>(6, 32, 52);  // 6 tokens: rank(H) = 6 < 32
   const Mat<T> H = (T(2) / 6) * X.transpose() * X;
@@ -307,8 +305,7 @@ TEST_CASE("gptq rejects bad input") {
   CHECK(q2n::gptq(W, acc.hessian(), {4}).Q.allFinite());
 }
 
-TEST_CASE_TEMPLATE("gptq, owq and pbllm accept row-major matrices, maps and refs alike", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("gptq, owq and pbllm accept row-major matrices, maps and refs alike", T, Q2N_TEST_SCALARS) {
   using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const Mat<T> W = q2n_test::gaussian<T>(10, 32, 111);
   const Mat<T> X = q2n_test::structured_activations<T>(64, 32, 8, 112);

@@ -37,8 +37,7 @@ TEST_CASE("owq_outlier_count: OWQ's rounding (half to even, then up to even)") {
 }
 
 TEST_CASE_TEMPLATE(
-    "owq keeps exactly n_out columns, compensated, and matches the re-implementation", T, float,
-    double) {
+    "owq keeps exactly n_out columns, compensated, and matches the re-implementation", T, Q2N_TEST_SCALARS) {
   const Mat<T> W = q2n_test::gaussian<T>(12, 48, 61);
   const Mat<T> X = q2n_test::structured_activations<T>(96, 48, 12, 62);
   const Mat<T> H = hessian_of(X);
@@ -89,7 +88,7 @@ TEST_CASE_TEMPLATE(
   CHECK(cases == 24);
 }
 
-TEST_CASE_TEMPLATE("owq with a target bit width", T, float, double) {
+TEST_CASE_TEMPLATE("owq with a target bit width", T, Q2N_TEST_SCALARS) {
   const Mat<T> W = q2n_test::gaussian<T>(8, 64, 71);
   const Mat<T> H = hessian_of<T>(q2n_test::structured_activations<T>(80, 64, 8, 72));
   q2n::OwqOptions o;
@@ -106,8 +105,7 @@ TEST_CASE_TEMPLATE("owq with a target bit width", T, float, double) {
                        std::invalid_argument);
 }
 
-TEST_CASE_TEMPLATE("pbllm: counts per group, storage round trip, re-implementation", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("pbllm: counts per group, storage round trip, re-implementation", T, Q2N_TEST_SCALARS) {
   const Mat<T> W = q2n_test::gaussian<T>(10, 40, 81);
   const Mat<T> X = q2n_test::structured_activations<T>(90, 40, 10, 82);
   Mat<T> H = hessian_of(X);

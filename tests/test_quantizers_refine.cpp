@@ -102,8 +102,7 @@ void check_refined(const q2n::QuantResult<T>& res, const q2n::RefinedResult<T>& 
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("refine_quantized uses the original column order under act-order", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("refine_quantized uses the original column order under act-order", T, Q2N_TEST_SCALARS) {
   const auto L = make_layer<T>(12, 40, 91);
   const auto ns = q2n::NullSpace<T>::compute(L.abar);
   REQUIRE(ns.cut().found);
@@ -136,7 +135,7 @@ TEST_CASE_TEMPLATE("refine_quantized uses the original column order under act-or
   }
 }
 
-TEST_CASE_TEMPLATE("refine_quantized uses the original column order under OWQ", T, float, double) {
+TEST_CASE_TEMPLATE("refine_quantized uses the original column order under OWQ", T, Q2N_TEST_SCALARS) {
   const auto L = make_layer<T>(10, 32, 95);
   const auto ns = q2n::NullSpace<T>::compute(L.abar);
   REQUIRE(ns.kept() > 0);
@@ -164,7 +163,7 @@ TEST_CASE_TEMPLATE("refine_quantized uses the original column order under OWQ", 
   }
 }
 
-TEST_CASE_TEMPLATE("refine_quantized on rtn, gptq and pbllm storage", T, float, double) {
+TEST_CASE_TEMPLATE("refine_quantized on rtn, gptq and pbllm storage", T, Q2N_TEST_SCALARS) {
   const auto L = make_layer<T>(9, 48, 97);
   const auto ns = q2n::NullSpace<T>::compute(L.abar);
   const auto r = q2n::rtn(L.W, {4, 16});

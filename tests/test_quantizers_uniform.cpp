@@ -59,7 +59,7 @@ bool same_bits(const A& a, const B& b) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("rtn matches a plain scalar re-implementation bit for bit", T, float, double) {
+TEST_CASE_TEMPLATE("rtn matches a plain scalar re-implementation bit for bit", T, Q2N_TEST_SCALARS) {
   std::mt19937 gen(11);
   for (int bits = 2; bits <= 8; ++bits)
     for (bool sym : {false, true})
@@ -94,7 +94,7 @@ TEST_CASE_TEMPLATE("rtn matches a plain scalar re-implementation bit for bit", T
       }
 }
 
-TEST_CASE_TEMPLATE("rtn accepts row-major matrices, maps and refs alike", T, float, double) {
+TEST_CASE_TEMPLATE("rtn accepts row-major matrices, maps and refs alike", T, Q2N_TEST_SCALARS) {
   const Mat<T> W = q2n_test::gaussian<T>(20, 32, 5);
   const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Wr = W;
   const Eigen::Map<const Mat<T>> Wm(W.data(), W.rows(), W.cols());
@@ -106,7 +106,7 @@ TEST_CASE_TEMPLATE("rtn accepts row-major matrices, maps and refs alike", T, flo
   CHECK(q2n::rtn(W.leftCols(16), {3, 8}).Q == a.Q.leftCols(16));
 }
 
-TEST_CASE_TEMPLATE("round half to even on exact ties, in both kernels", T, float, double) {
+TEST_CASE_TEMPLATE("round half to even on exact ties, in both kernels", T, Q2N_TEST_SCALARS) {
   // scale 0.25 (exact), zero 8, bits 4: x = (k + 0.5) · 0.25 gives x / scale = k + 0.5 exactly.
   const int rows = 41;
   q2n::UniformParams<T> p;
@@ -141,8 +141,7 @@ TEST_CASE_TEMPLATE("round half to even on exact ties, in both kernels", T, float
   CHECK(q1.codes(0, 1) == 8);
 }
 
-TEST_CASE_TEMPLATE("xsimd and scalar kernels are bit-identical on random inputs", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("xsimd and scalar kernels are bit-identical on random inputs", T, Q2N_TEST_SCALARS) {
   std::mt19937 gen(2024);
   std::uniform_int_distribution<int> rows_d(1, 45), cols_d(1, 24), bits_d(2, 8), coin(0, 1);
   std::uniform_int_distribution<int> pick(0, 9);
@@ -204,7 +203,7 @@ TEST_CASE_TEMPLATE("xsimd and scalar kernels are bit-identical on random inputs"
   }
 }
 
-TEST_CASE_TEMPLATE("MSE grid search picks the best shrink factor", T, float, double) {
+TEST_CASE_TEMPLATE("MSE grid search picks the best shrink factor", T, Q2N_TEST_SCALARS) {
   // Independent check in double: for every row, the chosen (scale, zero) is one of the grid's
   // candidates and its Σ|x̂ − x|^2.4 is the minimum over the grid up to rounding (1e-5 relative:
   // the library sums in T and uses xsimd::pow; this check sums in double with std::pow).

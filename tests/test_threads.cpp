@@ -46,8 +46,7 @@ Run<T> run_with_threads(int threads, const Eigen::MatrixXd& h_shared) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("results do not depend on the thread count beyond reassociation", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("results do not depend on the thread count beyond reassociation", T, Q2N_TEST_SCALARS) {
   REQUIRE(omp_get_num_procs() >= 1);
   q2n::HessianAccumulator acc(640);
   acc.add(q2n_test::structured_activations<double>(512, 640, 12, 3, 1e-2));

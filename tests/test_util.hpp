@@ -6,6 +6,16 @@
 #include <random>
 #include <string>
 
+// The scalar types of the templated tests. The sanitizer build defines Q2N_TEST_FLOAT_ONLY
+// and runs the float instantiations only: memory and undefined-behaviour errors live in index
+// arithmetic that the two types share, and the double instantiations (which run in the
+// optimized build) would double the sanitizer build's compile time.
+#ifdef Q2N_TEST_FLOAT_ONLY
+#define Q2N_TEST_SCALARS float
+#else
+#define Q2N_TEST_SCALARS float, double
+#endif
+
 namespace q2n_test {
 
 inline std::string data_path(const std::string& rel) { return std::string(Q2N_TEST_DATA_DIR) + "/" + rel; }

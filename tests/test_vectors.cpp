@@ -22,8 +22,7 @@ double max_rel_diff(const Eigen::VectorXd& a, const Eigen::VectorXd& b) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("conformance: cut index and equivalent vector match the reference", T, float,
-                   double) {
+TEST_CASE_TEMPLATE("conformance: cut index and equivalent vector match the reference", T, Q2N_TEST_SCALARS) {
   for (const auto& name : kVectorFiles) {
     CAPTURE(name);
     const q2n::io::SafetensorsReader file(q2n_test::data_path("vectors/" + name + ".safetensors"));
