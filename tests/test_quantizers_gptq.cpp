@@ -8,6 +8,7 @@
 #include <q2n/io/safetensors.hpp>
 #include <q2n/quantizers.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "quant_reference.hpp"
@@ -325,4 +326,14 @@ TEST_CASE_TEMPLATE("gptq, owq and pbllm accept row-major matrices, maps and refs
   oo.outlier_columns = 2;
   CHECK(q2n::owq(Wr, Hr, oo).Q == q2n::owq(W, H, oo).Q);
   CHECK(q2n::pbllm(Wm, Href).Q == q2n::pbllm(W, H).Q);
+
+  // An rvalue H of the weights' type is consumed (moved into the working copy) and gives the
+  // same result as the copying overload.
+  Mat<T> h1 = H, h2 = H, h3 = H;
+  CHECK(q2n::gptq(W, std::move(h1), o).Q == a.Q);
+  CHECK(q2n::owq(W, std::move(h2), oo).Q == q2n::owq(W, H, oo).Q);
+  CHECK(q2n::pbllm(W, std::move(h3)).Q == q2n::pbllm(W, H).Q);
+  CHECK(h1.size() == 0);
+  CHECK(h2.size() == 0);
+  CHECK(h3.size() == 0);
 }

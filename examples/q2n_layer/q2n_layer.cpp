@@ -18,6 +18,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace {
 
@@ -105,7 +106,8 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-q2n::QuantResult<float> quantize(const Args& a, const Matrix& w, const Matrix& h) {
+// h is consumed by the Hessian-based quantizers (moved into their working copy).
+q2n::QuantResult<float> quantize(const Args& a, const Matrix& w, Matrix&& h) {
   if (a.method == "rtn") {
     q2n::RtnOptions o;
     o.bits = a.bits;
@@ -124,7 +126,7 @@ q2n::QuantResult<float> quantize(const Args& a, const Matrix& w, const Matrix& h
     o.static_groups = a.static_groups;
     o.percdamp = a.percdamp;
     o.blocksize = a.blocksize;
-    return q2n::gptq(w, h, o);
+    return q2n::gptq(w, std::move(h), o);
   }
   if (a.method == "owq") {
     q2n::OwqOptions o;
@@ -137,7 +139,7 @@ q2n::QuantResult<float> quantize(const Args& a, const Matrix& w, const Matrix& h
     o.blocksize = a.blocksize;
     o.outlier_columns = a.owq_columns >= 0 ? a.owq_columns : 0;
     o.target_bits = a.owq_target_bits;
-    return q2n::owq(w, h, o);
+    return q2n::owq(w, std::move(h), o);
   }
   q2n::PbllmOptions o;  // pbllm
   o.low_frac = a.pb_low_frac;
@@ -146,7 +148,7 @@ q2n::QuantResult<float> quantize(const Args& a, const Matrix& w, const Matrix& h
   o.salience = a.salience == "hessian" ? q2n::Salience::hessian : q2n::Salience::magnitude;
   o.percdamp = a.percdamp;
   o.blocksize = a.blocksize;
-  return q2n::pbllm(w, h, o);
+  return q2n::pbllm(w, std::move(h), o);
 }
 
 // ‖X (Q − W)ᵀ‖² / ‖X Wᵀ‖² over all tokens, in token chunks (float products, double sums).
@@ -241,8 +243,7 @@ int run(const Args& a) {
                                   std::to_string(w.rows()) + " x " + std::to_string(w.cols()));
     res = q2n::full_precision_result(q);
   } else {
-    res = quantize(a, w, h);
-    h.resize(0, 0);
+    res = quantize(a, w, std::move(h));
   }
   lap("quantize");
 

@@ -84,20 +84,20 @@ DampedInverse<T> damped_inverse_cholesky(const Eigen::Matrix<T, Eigen::Dynamic, 
   for (Index j = 0; j < n; ++j) mean += static_cast<double>(H(j, j));
   mean /= static_cast<double>(n);
 
-  // Fast route: reversed, permuted copy R(a, b) = H(perm[n−1−a], perm[n−1−b]) = (J Hp J)(a, b).
-  // Reference route: the permuted copy Hp itself. Only the lower triangle is read.
-  Matrix R(n, n);
-  for (Index b = 0; b < n; ++b) {
-    const Index cb = reference_route ? perm[b] : perm[n - 1 - b];
-    for (Index a = b; a < n; ++a) R(a, b) = H(reference_route ? perm[a] : perm[n - 1 - a], cb);
-  }
-
+  // Fast route: reversed, permuted copy A(a, b) = H(perm[n−1−a], perm[n−1−b]) = (J Hp J)(a, b).
+  // Reference route: the permuted copy Hp itself. Only the lower triangle is read. The copy is
+  // rebuilt from H on every attempt (O(n²) against the factorization's O(n³)), so the peak is
+  // H plus one n × n working matrix.
   DampedInverse<T> out;
   double rel = percdamp, last = percdamp;
   const T eps = std::numeric_limits<T>::epsilon();
+  Matrix A(n, n);
   for (int attempt = 0; attempt <= max_retries; ++attempt) {
     const T damp = static_cast<T>(rel * mean);
-    Matrix A = R;
+    for (Index b = 0; b < n; ++b) {
+      const Index cb = reference_route ? perm[b] : perm[n - 1 - b];
+      for (Index a = b; a < n; ++a) A(a, b) = H(reference_route ? perm[a] : perm[n - 1 - a], cb);
+    }
     A.diagonal().array() += damp;
     const Eigen::Matrix<T, Eigen::Dynamic, 1> d0 = A.diagonal();
     Eigen::LLT<Eigen::Ref<Matrix>, Eigen::Lower> llt(A);  // factors A in place

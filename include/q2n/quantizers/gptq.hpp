@@ -36,6 +36,7 @@
 #include <q2n/detail/uniform_kernels.hpp>
 #include <q2n/quantizers/kernel_path.hpp>
 #include <q2n/quantizers/result.hpp>
+#include <utility>
 #include <vector>
 
 namespace q2n {
@@ -195,6 +196,23 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
 
 }  // namespace detail
 
+/// The same with H given as an rvalue matrix of the weights' scalar type (for example
+/// `std::move(h)` or `acc.hessian_as<float>()`): H is consumed, its storage becomes the
+/// working copy, which saves one cols × cols matrix at LLM scale. The overload above
+/// converts (copies) H and calls this one.
+template <class DW>
+QuantResult<typename DW::Scalar> gptq(
+    const Eigen::MatrixBase<DW>& W,
+    Eigen::Matrix<typename DW::Scalar, Eigen::Dynamic, Eigen::Dynamic>&& H,
+    const GptqOptions& options = {}) {
+  const char* fn = "q2n::gptq";
+  detail::check_bits(options.bits, fn);
+  detail::check_groupsize(options.groupsize, W.cols(), fn);
+  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
+                             fn);
+  return detail::gptq_impl<typename DW::Scalar>(W.derived(), std::move(H), options);
+}
+
 /// GPTQ quantization of W with Hessian H.
 /// \param W rows × cols weights (float or double, any storage order), finite
 /// \param H cols × cols Hessian `(2/N) Σ x xᵀ` (any floating type), finite, symmetric, PSD,
@@ -208,13 +226,10 @@ template <class DW, class DH>
 QuantResult<typename DW::Scalar> gptq(const Eigen::MatrixBase<DW>& W,
                                       const Eigen::MatrixBase<DH>& H,
                                       const GptqOptions& options = {}) {
-  const char* fn = "q2n::gptq";
-  detail::check_bits(options.bits, fn);
-  detail::check_groupsize(options.groupsize, W.cols(), fn);
-  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
-                             fn);
-  using Scalar = typename DW::Scalar;
-  return detail::gptq_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
+  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
+                "q2n::gptq: H must be a floating-point matrix");
+  using Matrix = Eigen::Matrix<typename DW::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  return gptq(W, Matrix(H.template cast<typename DW::Scalar>()), options);
 }
 
 }  // namespace q2n

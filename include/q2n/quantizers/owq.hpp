@@ -31,6 +31,7 @@
 #include <q2n/quantizers/gptq.hpp>
 #include <q2n/quantizers/kernel_path.hpp>
 #include <q2n/quantizers/result.hpp>
+#include <utility>
 #include <vector>
 
 namespace q2n {
@@ -197,6 +198,23 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
 
 }  // namespace detail
 
+/// The same with H given as an rvalue matrix of the weights' scalar type (for example
+/// `std::move(h)` or `acc.hessian_as<float>()`): H is consumed, its storage becomes the
+/// working copy, which saves one cols × cols matrix at LLM scale. The overload above
+/// converts (copies) H and calls this one.
+template <class DW>
+QuantResult<typename DW::Scalar> owq(
+    const Eigen::MatrixBase<DW>& W,
+    Eigen::Matrix<typename DW::Scalar, Eigen::Dynamic, Eigen::Dynamic>&& H,
+    const OwqOptions& options = {}) {
+  const char* fn = "q2n::owq";
+  detail::check_bits(options.bits, fn);
+  detail::check_groupsize(options.groupsize, W.cols(), fn);
+  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
+                             fn);
+  return detail::owq_impl<typename DW::Scalar>(W.derived(), std::move(H), options);
+}
+
 /// OWQ quantization of W with Hessian H.
 /// \param W rows × cols weights, finite
 /// \param H cols × cols Hessian, finite, PSD, not all zero
@@ -207,13 +225,10 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
 template <class DW, class DH>
 QuantResult<typename DW::Scalar> owq(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DH>& H,
                                      const OwqOptions& options = {}) {
-  const char* fn = "q2n::owq";
-  detail::check_bits(options.bits, fn);
-  detail::check_groupsize(options.groupsize, W.cols(), fn);
-  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
-                             fn);
-  using Scalar = typename DW::Scalar;
-  return detail::owq_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
+  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
+                "q2n::owq: H must be a floating-point matrix");
+  using Matrix = Eigen::Matrix<typename DW::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  return owq(W, Matrix(H.template cast<typename DW::Scalar>()), options);
 }
 
 }  // namespace q2n

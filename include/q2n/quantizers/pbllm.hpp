@@ -165,6 +165,25 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
 
 }  // namespace detail
 
+/// The same with H given as an rvalue matrix of the weights' scalar type (for example
+/// `std::move(h)` or `acc.hessian_as<float>()`): H is consumed, its storage becomes the
+/// working copy, which saves one cols × cols matrix at LLM scale. The overload above
+/// converts (copies) H and calls this one.
+template <class DW>
+QuantResult<typename DW::Scalar> pbllm(
+    const Eigen::MatrixBase<DW>& W,
+    Eigen::Matrix<typename DW::Scalar, Eigen::Dynamic, Eigen::Dynamic>&& H,
+    const PbllmOptions& options = {}) {
+  const char* fn = "q2n::pbllm";
+  detail::check_bits(options.high_bits, fn, "high_bits");
+  detail::check_groupsize(options.groupsize, W.cols(), fn);
+  if (!(options.low_frac >= 0 && options.low_frac <= 1))
+    detail::fail(fn, ": low_frac = ", options.low_frac, " must be in [0, 1] (default 0.9)");
+  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
+                             fn);
+  return detail::pbllm_impl<typename DW::Scalar>(W.derived(), std::move(H), options);
+}
+
 /// PB-LLM quantization of W with Hessian H.
 /// \param W rows × cols weights, finite
 /// \param H cols × cols Hessian, finite, PSD, not all zero
@@ -175,15 +194,10 @@ template <class DW, class DH>
 QuantResult<typename DW::Scalar> pbllm(const Eigen::MatrixBase<DW>& W,
                                        const Eigen::MatrixBase<DH>& H,
                                        const PbllmOptions& options = {}) {
-  const char* fn = "q2n::pbllm";
-  detail::check_bits(options.high_bits, fn, "high_bits");
-  detail::check_groupsize(options.groupsize, W.cols(), fn);
-  if (!(options.low_frac >= 0 && options.low_frac <= 1))
-    detail::fail(fn, ": low_frac = ", options.low_frac, " must be in [0, 1] (default 0.9)");
-  detail::check_second_order(W, H, options.percdamp, options.blocksize, options.max_damping_retries,
-                             fn);
-  using Scalar = typename DW::Scalar;
-  return detail::pbllm_impl<Scalar>(W.derived(), H.derived().template cast<Scalar>(), options);
+  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
+                "q2n::pbllm: H must be a floating-point matrix");
+  using Matrix = Eigen::Matrix<typename DW::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  return pbllm(W, Matrix(H.template cast<typename DW::Scalar>()), options);
 }
 
 }  // namespace q2n
