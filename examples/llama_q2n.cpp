@@ -156,10 +156,10 @@ struct Table {
 };
 
 /// Builds the comparison table from all runs (numbers: plain values; CSV uses the same cells).
-Table build_table(const std::vector<Run>& runs, int seeds) {
+Table build_table(const std::vector<Run>& runs) {
   Table t;
   t.header = {"method", "bits", "PPL baseline", "PPL +Q2N", "ΔPPL", "ΔPPL sd (seeds)",
-              "PPL sd (seeds)", "|ΔPPL| > ΔPPL sd?", "err before", "err after", "kept r",
+              "PPL sd (seeds)", "Q2N lower PPL in", "err before", "err after", "kept r",
               "s baseline", "s +Q2N"};
   // Group by label without the +q2n suffix, keeping first-seen order.
   std::vector<std::string> order;
@@ -189,10 +189,12 @@ Table build_table(const std::vector<Run>& runs, int seeds) {
     if (q.empty())
       for (const Run* r : b) eb.push_back(r->err_all), ea.push_back(NAN);
     const double d = mean(delta), dsd = sample_sd(delta), psd = sample_sd(pb);
-    std::string verdict = "n/a (1 seed)";
-    if (seeds > 1 && delta.size() > 1 && std::isfinite(dsd))
-      verdict = std::fabs(d) > dsd ? "yes" : "no (within seed spread)";
-    if (delta.empty()) verdict = "n/a";
+    // Seeds where the refined model's perplexity is below the baseline's (same calibration).
+    std::size_t better = 0;
+    for (double x : delta) better += x < 0 ? 1 : 0;
+    const std::string verdict = delta.empty() ? "n/a"
+                                              : std::to_string(better) + " of " +
+                                                    std::to_string(delta.size()) + " seeds";
     Row row;
     row.cells = {llama::method_name(any.spec.method),
                  any.spec.method == Method::pbllm ? fmt(any.weight_bits, 2)
@@ -447,11 +449,12 @@ int run(int argc, char** argv) {
      << (o.q2n_down_proj ? ", down_proj refined" : ", down_proj not refined")
      << (o.shared_pass ? ", shared pass" : ", separate passes") << ".\n\n";
   if (!runs.empty()) {
-    const Table table = build_table(runs, o.seeds);
+    const Table table = build_table(runs);
     md << table.markdown()
        << "\nΔPPL = PPL(+Q2N) − PPL(baseline), paired by calibration seed, mean over seeds; "
-          "sd = sample standard deviation over seeds; the verdict column says whether |mean "
-          "ΔPPL| exceeds its own seed-to-seed sd. err before/after: mean relative output error "
+          "sd = sample standard deviation over seeds (PPL sd: of the baseline); \"Q2N lower PPL "
+          "in\" counts the seeds where the refined model's perplexity is below the baseline's. "
+          "err before/after: mean relative output error "
           "‖X(Q−W)ᵀ‖²/‖XWᵀ‖² on the calibration inputs over the linears Q2N refined, before and "
           "after the refinement (same pass, same inputs); kept r: mean rank of the kept "
           "activation subspace; s: wall seconds per run (sequential pass + evaluation), mean "
