@@ -215,19 +215,19 @@ int run(const Args& a) {
   const Eigen::Index seqlen = xshape.size() == 3 ? xshape[1] : x.rows();
   lap("read");
 
-  // Statistics: H over all tokens, Ā over sequences (a 2-D X counts as one sequence). The
-  // double accumulators are dropped once their float results exist, to keep the peak low.
+  // Statistics: H over all tokens, Ā over sequences (a 2-D X counts as one sequence). One at a
+  // time, each double accumulator dropped once its float result exists, to keep the peak low.
   const bool needs_h = a.method != "given" && a.method != "rtn";
   Matrix h, abar;
-  {
+  if (needs_h) {
     q2n::HessianAccumulator hacc(w.cols());
+    for (Eigen::Index s = 0; s < x.rows(); s += seqlen) hacc.add(x.middleRows(s, seqlen));
+    h = hacc.hessian_as<float>();
+  }
+  if (a.q2n) {
     q2n::SampleMeanAccumulator aacc(w.cols());
-    for (Eigen::Index s = 0; s < x.rows(); s += seqlen) {
-      if (needs_h) hacc.add(x.middleRows(s, seqlen));
-      if (a.q2n) aacc.add_sequence(x.middleRows(s, seqlen));
-    }
-    if (needs_h) h = hacc.hessian_as<float>();
-    if (a.q2n) abar = aacc.mean_as<float>();
+    for (Eigen::Index s = 0; s < x.rows(); s += seqlen) aacc.add_sequence(x.middleRows(s, seqlen));
+    abar = aacc.mean_as<float>();
   }
   lap("statistics");
 
