@@ -87,6 +87,20 @@ void BM_Q2NRefine(benchmark::State& state) {
   }
 }
 
+// The closed-form equivalent vector alone, given the layer's null space (computed outside the
+// timed loop): O(rows · cols · r).
+void BM_EquivalentVector(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const auto ns = q2n::NullSpace<float>::compute(make_abar(cols));
+  const Eigen::MatrixXf w = gaussian(rows, cols, 4, 0.02f);
+  const Eigen::MatrixXf q = (w / 0.01f).array().round().matrix() * 0.01f;
+  for (auto _ : state) {
+    const Eigen::VectorXf m = q2n::equivalent_vector(w, q, ns);
+    benchmark::DoNotOptimize(m.data());
+  }
+  state.counters["kept"] = double(ns.kept());
+}
+
 // The reference algorithm's dense path: eigh of X = ĀᵀĀ (cols × cols), P = U0 U0ᵀ,
 // B = W (I − P) + Q P, m = (⟨B,Q⟩ + λ)/(‖Q‖² + λ). Also checks our m against it.
 void BM_ReferenceDenseRefine(benchmark::State& state) {
@@ -172,6 +186,12 @@ BENCHMARK(BM_NullSpace)
     ->Args({4096, int(q2n::SpectrumRoute::covariance)})
     ->Apply(one_shot);
 BENCHMARK(BM_Q2NRefine)
+    ->Args({4096, 4096})
+    ->Args({4096, 14336})
+    ->Args({8192, 8192})
+    ->Args({8192, 28672})
+    ->Apply(one_shot);
+BENCHMARK(BM_EquivalentVector)
     ->Args({4096, 4096})
     ->Args({4096, 14336})
     ->Args({8192, 8192})
