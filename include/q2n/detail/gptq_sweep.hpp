@@ -8,34 +8,29 @@
 /// columns that are never quantized (OWQ's kept columns), receive the lazy update
 /// `W[:, i2:] −= Err1 · U[i1:i2, i2:]` as one matrix product.
 ///
-/// Within a block, feedback is applied by rank-1 updates inside sub-blocks of `sub_block`
-/// columns (default kSubBlock) and by one small matrix product per sub-block for the block's
-/// remaining columns. That is the same arithmetic as the reference's per-column rank-1 updates
-/// (only the order of summation differs) at a fraction of the memory traffic; sub_block ≥
-/// blocksize gives exactly the reference's order. The working matrix W itself only
+/// Within a block, feedback is applied by rank-1 updates inside sub-blocks of kSubBlock
+/// columns and by one small matrix product per sub-block for the block's remaining columns.
+/// That is the same arithmetic as the reference's per-column rank-1 updates (only the order of
+/// summation differs) at a fraction of the memory traffic; reference_order = true makes the
+/// whole block one sub-block, which is exactly the reference's order. The working matrix W itself only
 /// changes at block boundaries, so a quantizer callback that refits group parameters on
 /// W[:, k : k + groupsize] sees the columns "as left by the lazy updates of previous blocks",
 /// exactly as in the reference.
 
 #include <Eigen/Core>
 #include <algorithm>
-#include <chrono>
+#include <q2n/detail/stopwatch.hpp>
 #include <q2n/quantizers/result.hpp>
 
 namespace q2n::detail {
 
 inline constexpr Eigen::Index kSubBlock = 16;
 
-using Clock = std::chrono::steady_clock;
-
-inline double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 /// Runs the sweep over the first n_quant columns of W (in processing order).
 /// \param W        rows × cols working weights (modified: lazy updates)
 /// \param U        cols × cols upper Cholesky factor of the damped H⁻¹ (same order as W)
-/// \param sub_block width of the rank-1 sub-blocks (≥ 1)
+/// \param reference_order one rank-1 update per column over the whole block (the reference's
+///                 order) instead of sub-blocks of kSubBlock columns
 /// \param quantize callable `(Index k, const Matrix& W, const T* w, T* q)` that writes the
 ///                 quantized values of the working column w (position k) into q
 /// \param diag     receives loss (the GPTQ objective Σ (w − q)² / U_kk²), seconds.sweep and
@@ -43,12 +38,13 @@ inline double seconds_since(Clock::time_point t0) {
 template <class T, class Quantize>
 void gptq_sweep(Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& W,
                 const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& U, Eigen::Index n_quant,
-                Eigen::Index blocksize, Eigen::Index sub_block, Quantize&& quantize,
+                Eigen::Index blocksize, bool reference_order, Quantize&& quantize,
                 QuantDiagnostics& diag) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
   const Index rows = W.rows(), cols = W.cols();
   const Index bs = std::min(blocksize, std::max<Index>(n_quant, 1));
+  const Index sub_block = reference_order ? bs : kSubBlock;
   Matrix W1(rows, bs), Err1(rows, bs);
   Eigen::Matrix<T, Eigen::Dynamic, 1> q(rows);
   double loss = 0, lazy = 0;

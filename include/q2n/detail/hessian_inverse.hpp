@@ -12,9 +12,12 @@
 #include <cmath>
 #include <limits>
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/stopwatch.hpp>
 #include <q2n/null_space.hpp>  // q2n::NumericalError
+#include <q2n/quantizers/result.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 
 namespace q2n::detail {
 
@@ -51,17 +54,9 @@ void invert_lower_in_place(Eigen::Ref<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dy
       -(L.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>() * ba);
 }
 
-/// Upper Cholesky factor of the damped inverse Hessian, and the damping that made it work.
-template <class T>
-struct DampedInverse {
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> U;
-  double percdamp = 0;  ///< relative damping used
-  double damping = 0;   ///< absolute damping used
-  int retries = 0;
-};
-
 /// Computes U for the Hessian H (dead columns already fixed) taken in the column order perm
-/// (processing position k ↔ original column perm[k]).
+/// (processing position k ↔ original column perm[k]). H is consumed (released on return);
+/// diag receives percdamp, damping, retries and seconds.factorization.
 ///
 /// Damping schedule: first `percdamp · mean(diag H)`; after a failure the relative damping is
 /// multiplied by 10 (starting from 1e-6 when percdamp = 0), at most max_retries times. A try
@@ -74,11 +69,13 @@ struct DampedInverse {
 /// closely.
 /// \throws NumericalError when every try failed
 template <class T, class Perm>
-DampedInverse<T> damped_inverse_cholesky(const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& H,
-                                         const Perm& perm, double percdamp, int max_retries,
-                                         bool reference_route, const char* fn) {
+Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> damped_inverse_cholesky(
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>&& hessian, const Perm& perm, double percdamp,
+    int max_retries, bool reference_route, QuantDiagnostics& diag, const char* fn) {
   using Index = Eigen::Index;
   using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  const auto start = Clock::now();
+  const Matrix H = std::move(hessian);  // consumed: released on return
   const Index n = H.rows();
   double mean = 0;
   for (Index j = 0; j < n; ++j) mean += static_cast<double>(H(j, j));
@@ -88,7 +85,6 @@ DampedInverse<T> damped_inverse_cholesky(const Eigen::Matrix<T, Eigen::Dynamic, 
   // Reference route: the permuted copy Hp itself. Only the lower triangle is read. The copy is
   // rebuilt from H on every attempt (O(n²) against the factorization's O(n³)), so the peak is
   // H plus one n × n working matrix.
-  DampedInverse<T> out;
   double rel = percdamp, last = percdamp;
   const T eps = std::numeric_limits<T>::epsilon();
   Matrix A(n, n);
@@ -125,11 +121,11 @@ DampedInverse<T> damped_inverse_cholesky(const Eigen::Matrix<T, Eigen::Dynamic, 
       ok = A.allFinite();
     }
     if (ok) {
-      out.U = std::move(A);
-      out.percdamp = rel;
-      out.damping = static_cast<double>(damp);
-      out.retries = attempt;
-      return out;
+      diag.percdamp = rel;
+      diag.damping = static_cast<double>(damp);
+      diag.retries = attempt;
+      diag.seconds.factorization = seconds_since(start);
+      return A;
     }
     last = rel;
     rel = rel > 0 ? rel * 10 : 1e-6;

@@ -159,14 +159,9 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   for (Index k = 0; k < cols; ++k) wp.col(k) = w.col(perm[k]);
   w.resize(0, 0);
 
-  const auto t_factor = detail::Clock::now();
-  auto inv = detail::damped_inverse_cholesky<Scalar>(
-      h, perm, options.percdamp, options.max_damping_retries, options.reference_arithmetic, fn);
-  h.resize(0, 0);
-  res.diagnostics.seconds.factorization = detail::seconds_since(t_factor);
-  res.diagnostics.percdamp = inv.percdamp;
-  res.diagnostics.damping = inv.damping;
-  res.diagnostics.retries = inv.retries;
+  const Matrix U = detail::damped_inverse_cholesky<Scalar>(
+      std::move(h), perm, options.percdamp, options.max_damping_retries,
+      options.reference_arithmetic, res.diagnostics, fn);
 
   const Scalar maxq = fitter.maxq();
   const KernelPath path = options.kernel;
@@ -182,9 +177,8 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
     detail::quantize_span(col, s.scales.col(g).data(), s.zeros.col(g).data(), maxq, rows, q,
                           s.codes.col(perm[k]).data(), path);
   };
-  detail::gptq_sweep<Scalar>(wp, inv.U, cols, options.blocksize,
-                             options.reference_arithmetic ? options.blocksize : detail::kSubBlock,
-                             quantize, res.diagnostics);
+  detail::gptq_sweep<Scalar>(wp, U, cols, options.blocksize, options.reference_arithmetic, quantize,
+                             res.diagnostics);
 
   for (Index k = 0; k < cols; ++k) {
     const Index j = perm[k];

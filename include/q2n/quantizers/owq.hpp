@@ -159,14 +159,9 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
     }
   res.diagnostics.dead_columns = dead;
 
-  const auto t_factor = detail::Clock::now();
-  auto inv = detail::damped_inverse_cholesky<Scalar>(
-      h, perm, options.percdamp, options.max_damping_retries, options.reference_arithmetic, fn);
-  h.resize(0, 0);
-  res.diagnostics.seconds.factorization = detail::seconds_since(t_factor);
-  res.diagnostics.percdamp = inv.percdamp;
-  res.diagnostics.damping = inv.damping;
-  res.diagnostics.retries = inv.retries;
+  const Matrix U = detail::damped_inverse_cholesky<Scalar>(
+      std::move(h), perm, options.percdamp, options.max_damping_retries,
+      options.reference_arithmetic, res.diagnostics, fn);
 
   const KernelPath path = options.kernel;
   auto quantize = [&](Index k, const Matrix& Wk, const Scalar* col, Scalar* q) {
@@ -180,8 +175,7 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
     detail::quantize_span(col, s.scales.col(g).data(), s.zeros.col(g).data(), maxq, rows, q,
                           s.codes.col(perm[k]).data(), path);
   };
-  detail::gptq_sweep<Scalar>(wp, inv.U, n_quant, options.blocksize,
-                             options.reference_arithmetic ? options.blocksize : detail::kSubBlock,
+  detail::gptq_sweep<Scalar>(wp, U, n_quant, options.blocksize, options.reference_arithmetic,
                              quantize, res.diagnostics);
 
   for (Index k = 0; k < n_quant; ++k) s.g_idx(perm[k]) = static_cast<int>(grouped ? k / gs : 0);

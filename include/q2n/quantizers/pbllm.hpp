@@ -95,14 +95,9 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
 
   std::vector<int> perm(static_cast<std::size_t>(cols));
   std::iota(perm.begin(), perm.end(), 0);
-  const auto t_factor = detail::Clock::now();
-  auto inv = detail::damped_inverse_cholesky<Scalar>(
-      h, perm, options.percdamp, options.max_damping_retries, options.reference_arithmetic, fn);
-  h.resize(0, 0);
-  res.diagnostics.seconds.factorization = detail::seconds_since(t_factor);
-  res.diagnostics.percdamp = inv.percdamp;
-  res.diagnostics.damping = inv.damping;
-  res.diagnostics.retries = inv.retries;
+  const Matrix U = detail::damped_inverse_cholesky<Scalar>(
+      std::move(h), perm, options.percdamp, options.max_damping_retries,
+      options.reference_arithmetic, res.diagnostics, fn);
 
   // Salient mask and binarizer parameters, per group, from the (dead-fixed) original W.
   const Index n = rows * bg;
@@ -111,7 +106,7 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
   for (Index g = 0; g < bin_groups; ++g) {
     for (Index c = 0; c < bg; ++c) {
       const Index j = g * bg + c;
-      const Scalar ujj = inv.U(j, j);
+      const Scalar ujj = U(j, j);
       for (Index r = 0; r < rows; ++r) {
         const Scalar x = w(r, j);
         const Scalar sal =
@@ -156,9 +151,8 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
       q[r] = static_cast<Scalar>(sg) * s.bin_alpha(r, g) + mean;
     }
   };
-  detail::gptq_sweep<Scalar>(w, inv.U, cols, options.blocksize,
-                             options.reference_arithmetic ? options.blocksize : detail::kSubBlock,
-                             quantize, res.diagnostics);
+  detail::gptq_sweep<Scalar>(w, U, cols, options.blocksize, options.reference_arithmetic, quantize,
+                             res.diagnostics);
   res.Q = dequantize(s, options.kernel);
   return res;
 }
