@@ -7,8 +7,9 @@
 /// `M P` and `M (I − P)` cost O(rows · cols · r) and no cols × cols matrix is ever formed
 /// outside the eigensolver itself.
 
-#include <q2n/detail/check.hpp>
 #include <q2n/detail/block_krylov.hpp>
+#include <q2n/detail/check.hpp>
+#include <q2n/errors.hpp>
 #include <q2n/spectrum.hpp>
 
 #include <Eigen/Core>
@@ -22,12 +23,6 @@
 #include <type_traits>
 
 namespace q2n {
-
-/// Numerical failure (an eigensolver that did not converge, a basis that cannot be formed
-/// accurately). Distinct from std::invalid_argument, which reports bad input.
-struct NumericalError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 /// How the spectrum of `ĀᵀĀ` is computed.
 ///

@@ -3,7 +3,9 @@
 /// Q2N refinement: the closed-form per-row equivalent vector and its application.
 ///
 /// This is the one header a quantizer author needs; it brings in the calibration
-/// accumulators, the cut rule and the null-space projector.
+/// accumulators (accumulators.hpp), the cut rule (spectrum.hpp), the null-space projector
+/// (null_space.hpp), the storage model with its builder, dequantize and fold (storage.hpp)
+/// and the error types (errors.hpp).
 ///
 /// For original weights W and a quantizer's output Q (both rows × cols, original column
 /// order), the target is `B = W (I − P) + Q P` and m minimizes
@@ -17,7 +19,9 @@
 /// q2n::SampleMeanAccumulator abar(cols);      // add the layer's calibration sequences
 /// auto ns = q2n::NullSpace<float>::compute(abar.mean());
 /// auto refined = q2n::refine(W, Q, ns);        // refined.Q = diag(m) Q, refined.m
-/// q2n::fold_into_scales(scales, refined.m);    // or keep codes and fold m into the scales
+/// q2n::fold(scales, refined.m);                // keep your codes, fold m into your scales
+/// // or, with a quantizer result (any q2n quantizer, or StorageBuilder::result()):
+/// auto folded = q2n::refine(result, W, ns);    // folded.storage: m folded into its parts
 /// \endcode
 ///
 /// \note Differences from the released reference code: m is computed from the original W in
@@ -28,8 +32,10 @@
 
 #include <q2n/accumulators.hpp>
 #include <q2n/detail/check.hpp>
+#include <q2n/errors.hpp>
 #include <q2n/null_space.hpp>
 #include <q2n/spectrum.hpp>
+#include <q2n/storage.hpp>
 
 #include <Eigen/Core>
 
@@ -39,12 +45,9 @@
 namespace q2n {
 
 namespace detail {
-template <class DW, class DQ, class Scalar>
+template <class DW, class DQ>
 void check_pair(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DQ>& Q, Eigen::Index cols,
                 const char* fn) {
-  static_assert(std::is_same_v<typename DW::Scalar, Scalar> &&
-                    std::is_same_v<typename DQ::Scalar, Scalar>,
-                "q2n: W, Q and the NullSpace must share one scalar type; cast with .cast<T>()");
   if (W.cols() != cols)
     fail(fn, ": W has ", W.cols(), " columns but the null space has cols = ", cols,
          "; compute the null space from this layer's inputs");
@@ -70,8 +73,12 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> equivalent_vector(const Eigen::MatrixBa
                                                            const Eigen::MatrixBase<DQ>& Q,
                                                            const NullSpace<Scalar>& ns,
                                                            double lambda = 0.2) {
+  static_assert(std::is_same_v<typename DW::Scalar, Scalar> &&
+                    std::is_same_v<typename DQ::Scalar, Scalar>,
+                "q2n::equivalent_vector: W, Q and the NullSpace must share one scalar type; cast "
+                "with .cast<T>()");
   const char* fn = "q2n::equivalent_vector";
-  detail::check_pair<DW, DQ, Scalar>(W, Q, ns.cols(), fn);
+  detail::check_pair(W, Q, ns.cols(), fn);
   detail::check_lambda(lambda, fn);
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
@@ -87,18 +94,27 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> equivalent_vector(const Eigen::MatrixBa
                                   Scalar(1));
 }
 
-/// Result of refine().
+/// Result of refine(): a quantizer result with its Q2N equivalent vector.
+///
+/// From refine(result, W, ns): `storage` is the input's storage with m folded in and
+/// `Q = dequantize(storage)`. From refine(W, Q, ns): `Q = diag(m) Q` and `storage` is empty
+/// (rows = 0: there was none to fold into).
 template <class Scalar>
-struct Refinement {
-  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> Q;  ///< diag(m) · Q
-  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> m;               ///< the equivalent vector
-  Cut cut;                                                  ///< the null space's cut
+struct Refinement : QuantResult<Scalar> {
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> m;  ///< the equivalent vector
+  Cut cut;                                     ///< the null space's cut (found = false: m = 1)
 };
 
-/// Applies Q2N to any (W, Q) pair: m from equivalent_vector(), then `diag(m) Q`.
+/// Q2N for any (W, Q) pair: m from equivalent_vector(), then `diag(m) Q`.
+/// \param W original weights, \param Q quantized weights (rows × cols, original column order)
+/// \param ns null space of the layer's sample-averaged inputs, \param lambda ridge weight
 template <class DW, class DQ, class Scalar>
 Refinement<Scalar> refine(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DQ>& Q,
                           const NullSpace<Scalar>& ns, double lambda = 0.2) {
+  static_assert(std::is_same_v<typename DW::Scalar, Scalar> &&
+                    std::is_same_v<typename DQ::Scalar, Scalar>,
+                "q2n::refine: W, Q and the NullSpace must share one scalar type; cast with "
+                ".cast<T>()");
   Refinement<Scalar> out;
   out.m = equivalent_vector(W, Q, ns, lambda);
   out.Q = out.m.asDiagonal() * Q;
@@ -106,18 +122,39 @@ Refinement<Scalar> refine(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBas
   return out;
 }
 
-/// Folds m into per-row or per-(row, group) scales: `scales.row(r) *= m(r)`.
-/// Codes and zero points are unchanged, so refinement costs no extra memory.
-/// \param scales rows × groups (writable: a Matrix, a Map or a Ref)
-/// \param m      rows
-template <class DS, class DM>
-void fold_into_scales(const Eigen::MatrixBase<DS>& scales, const Eigen::MatrixBase<DM>& m) {
-  auto& s = const_cast<Eigen::MatrixBase<DS>&>(scales);  // Eigen's idiom for writable expressions
-  if (m.cols() != 1 || m.rows() != s.rows())
-    detail::fail("q2n::fold_into_scales: m is ", m.rows(), " x ", m.cols(),
-                 " but scales has ", s.rows(), " rows; pass one m entry per row of scales");
-  detail::require_finite(m, "q2n::fold_into_scales", "m");
-  s = m.asDiagonal() * s;
+/// Q2N for a quantizer result: m is computed from the ORIGINAL W in the original column
+/// order (never from GPTQ's working weights, never in act-order / OWQ coordinates: the
+/// reference's defects) and folded into the storage (fold(storage, m)), so the refinement
+/// costs no memory. For a storage quantized in another basis (storage.transforms), W is mapped
+/// into that basis (to_stored_basis) and `ns` must be the null space of the activations mapped
+/// the same way (activations_to_stored_basis).
+/// \param quantized a result of any q2n quantizer or of StorageBuilder::result()
+/// \param W         original weights (rows × cols, original basis and column order)
+/// \param ns        null space of the layer's sample-averaged inputs (in the storage's basis)
+/// \param lambda    ridge weight toward m = 1 (default 0.2)
+template <class Scalar, class DW>
+Refinement<Scalar> refine(const QuantResult<Scalar>& quantized, const Eigen::MatrixBase<DW>& W,
+                          const NullSpace<Scalar>& ns, double lambda = 0.2) {
+  static_assert(std::is_same_v<typename DW::Scalar, Scalar>,
+                "q2n::refine: W must have the result's scalar type; cast with .cast<T>()");
+  const char* fn = "q2n::refine";
+  detail::check_storage(quantized.storage, fn);
+  detail::require_shape(W, quantized.storage.rows, quantized.storage.cols, fn,
+                        "W (must be the original weights, shaped like Q)");
+  Refinement<Scalar> out;
+  out.storage = quantized.storage;
+  out.diagnostics = quantized.diagnostics;
+  if (out.storage.transforms.identity()) {
+    detail::require_shape(quantized.Q, W.rows(), W.cols(), fn, "quantized.Q");
+    out.m = equivalent_vector(W, quantized.Q, ns, lambda);
+  } else {
+    out.m = equivalent_vector(to_stored_basis(out.storage, W), dequantize_stored(out.storage), ns,
+                              lambda);
+  }
+  out.cut = ns.cut();
+  fold(out.storage, out.m);
+  out.Q = dequantize(out.storage);
+  return out;
 }
 
 /// Output-error-optimal per-row scale under the calibration Hessian:

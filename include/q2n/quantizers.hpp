@@ -1,29 +1,31 @@
 #pragma once
 /// \file quantizers.hpp
-/// All reference quantizers and the Q2N plug-in for their results.
+/// All quantizers q2n ships, and the Q2N plug-in for their results.
 ///
-/// | header                   | provides                                                      |
-/// |--------------------------|---------------------------------------------------------------|
-/// | quantizers/uniform.hpp   | fit_uniform, quantize_uniform: GPTQ's uniform affine quantizer |
-/// | quantizers/rtn.hpp       | rtn: round to nearest                                          |
-/// | quantizers/gptq.hpp      | gptq                                                           |
-/// | quantizers/owq.hpp       | owq, owq_outlier_count                                         |
-/// | quantizers/pbllm.hpp     | pbllm                                                          |
-/// | quantizers/result.hpp    | QuantResult, QuantStorage, dequantize, full_precision_result   |
-/// | quantizers/refine.hpp    | refine_quantized, fold_equivalent_vector                       |
+/// | header                   | provides                                                        |
+/// |--------------------------|-----------------------------------------------------------------|
+/// | quantizers/options.hpp   | UniformOptions, DampingOptions, SweepOptions (shared parts)     |
+/// | quantizers/uniform.hpp   | fit_uniform, quantize_uniform: GPTQ's uniform affine quantizer  |
+/// | quantizers/rtn.hpp       | rtn: round to nearest                                           |
+/// | quantizers/gptq.hpp      | gptq                                                            |
+/// | quantizers/owq.hpp       | owq, owq_outlier_count                                          |
+/// | quantizers/pbllm.hpp     | pbllm, pbllm_binarized_count                                    |
+/// | projection.hpp           | refine, fold, the storage model (storage.hpp), the null space   |
 ///
 /// \code
 /// #include <q2n/quantizers.hpp>
-/// auto res = q2n::gptq(W, H, {.bits = 3, .groupsize = 128, .act_order = true});
+/// q2n::GptqOptions o;
+/// o.grid.bits = 3;
+/// o.act_order = true;
+/// auto res = q2n::gptq(W, H, o);
 /// auto ns  = q2n::NullSpace<float>::compute(abar);
-/// auto ref = q2n::refine_quantized(res, W, ns);   // diag(m) Q, folded into the scales
+/// auto ref = q2n::refine(res, W, ns);   // m folded into res.storage's scales
 /// \endcode
 
+#include <q2n/projection.hpp>
 #include <q2n/quantizers/gptq.hpp>
-#include <q2n/quantizers/kernel_path.hpp>
+#include <q2n/quantizers/options.hpp>
 #include <q2n/quantizers/owq.hpp>
 #include <q2n/quantizers/pbllm.hpp>
-#include <q2n/quantizers/refine.hpp>
-#include <q2n/quantizers/result.hpp>
 #include <q2n/quantizers/rtn.hpp>
 #include <q2n/quantizers/uniform.hpp>

@@ -19,8 +19,8 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <q2n/detail/diagnostics.hpp>
 #include <q2n/detail/stopwatch.hpp>
-#include <q2n/quantizers/result.hpp>
 
 namespace q2n::detail {
 

@@ -12,9 +12,9 @@
 #include <cmath>
 #include <limits>
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/diagnostics.hpp>
+#include <q2n/detail/errors.hpp>
 #include <q2n/detail/stopwatch.hpp>
-#include <q2n/null_space.hpp>  // q2n::NumericalError
-#include <q2n/quantizers/result.hpp>
 #include <sstream>
 #include <string>
 #include <utility>

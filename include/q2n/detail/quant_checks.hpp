@@ -68,22 +68,26 @@ inline void check_blocksize(Eigen::Index blocksize, const char* fn) {
   if (blocksize <= 0) fail(fn, ": blocksize = ", blocksize, " must be positive (default 128)");
 }
 
-/// The checks shared by the Hessian-based quantizers (GPTQ, OWQ, PB-LLM): scalar types,
-/// W non-empty and finite, H cols × cols / finite / PSD diagonal / not all zero, and the
-/// damping and block settings.
+/// Compile-time checks of the Hessian-based quantizers' arguments (first thing in each
+/// entry point, so that a wrong type fails with this message before any other).
+template <class Scalar, class HArg>
+constexpr void static_check_second_order() {
+  static_check_scalar<Scalar>();
+  using H = std::remove_cv_t<std::remove_reference_t<HArg>>;
+  static_assert(std::is_base_of_v<Eigen::EigenBase<H>, H>,
+                "q2n quantizers: H must be an Eigen matrix or expression");
+  if constexpr (std::is_base_of_v<Eigen::EigenBase<H>, H>)
+    static_assert(!Eigen::NumTraits<typename H::Scalar>::IsInteger,
+                  "q2n quantizers: H must be a floating-point matrix");
+}
+
+/// The run-time checks shared by the Hessian-based quantizers (GPTQ, OWQ, PB-LLM): W
+/// non-empty and finite, H cols × cols, finite, with a non-negative diagonal, not all zero.
 template <class DW, class DH>
 void check_second_order(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DH>& H,
-                        double percdamp, Eigen::Index blocksize, int max_damping_retries,
                         const char* fn) {
-  static_check_scalar<typename DW::Scalar>();
-  static_assert(!Eigen::NumTraits<typename DH::Scalar>::IsInteger,
-                "q2n quantizers: H must be a floating-point matrix");
   check_weights(W, fn);
   check_hessian(H, W.cols(), fn);
-  check_percdamp(percdamp, fn);
-  check_blocksize(blocksize, fn);
-  if (max_damping_retries < 0)
-    fail(fn, ": max_damping_retries = ", max_damping_retries, " must be >= 0");
 }
 
 inline void check_mse(bool mse, double norm, int grid, double maxshrink, const char* fn) {

@@ -6,8 +6,8 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <limits>
+#include <q2n/detail/check.hpp>
 #include <q2n/detail/uniform_kernels.hpp>
-#include <q2n/quantizers/kernel_path.hpp>
 #include <vector>
 
 namespace q2n::detail {
@@ -20,7 +20,6 @@ struct UniformSpec {
   double mse_norm = 2.4;
   int mse_grid = 100;
   double mse_maxshrink = 0.8;
-  KernelPath kernel = KernelPath::simd;
 };
 
 /// Fits per-row (scale, zero) to column blocks of a fixed number of rows.
@@ -29,9 +28,12 @@ class UniformFitter {
  public:
   using Index = Eigen::Index;
 
-  UniformFitter(Index rows, const UniformSpec& spec)
-      : rows_(rows),
+  /// \param fn the public function's name, for error messages
+  UniformFitter(Index rows, const UniformSpec& spec, const char* fn)
+      : fn_(fn),
+        rows_(rows),
         spec_(spec),
+        path_(kernel_path()),
         maxq_(static_cast<T>((1 << spec.bits) - 1)),
         mn_(rows),
         mx_(rows),
@@ -43,13 +45,11 @@ class UniformFitter {
         best_(spec.mse ? rows : 0) {}
 
   T maxq() const { return maxq_; }
-  Index rows() const { return rows_; }
-  const UniformSpec& spec() const { return spec_; }
 
   /// Fits every row of the block `X[0:rows, 0:ncols]` (column-major, leading dimension ld).
   /// \param scale,zero outputs, one entry per row
   void fit(const T* X, Index ld, Index ncols, T* scale, T* zero) {
-    const KernelPath path = spec_.kernel;
+    const KernelPath path = path_;
     for (Index r = 0; r < rows_; ++r) mn_[r] = mx_[r] = X[r];
     for (Index c = 1; c < ncols; ++c)
       minmax_update(X + c * ld, rows_, mn_.data(), mx_.data(), path);
@@ -67,6 +67,10 @@ class UniformFitter {
         xmin = T(-1);
         xmax = T(1);
       }
+      if (!std::isfinite(xmax - xmin))
+        fail(fn_, ": the weights of row ", r, " span [", static_cast<double>(xmin), ", ",
+             static_cast<double>(xmax), "], a range this scalar type cannot represent; scale "
+             "the weights down or quantize in double");
       xmin_[r] = xmin;
       xmax_[r] = xmax;
       scale[r] = scale_of(xmin, xmax);
@@ -106,8 +110,10 @@ class UniformFitter {
   }
   static T zero_of(T xmin, T scale) { return std::nearbyint(-xmin / scale) + T(0); }
 
+  const char* fn_;
   Index rows_;
   UniformSpec spec_;
+  KernelPath path_;
   T maxq_;
   std::vector<T> mn_, mx_, xmin_, xmax_, s1_, z1_, err_, best_;
 };

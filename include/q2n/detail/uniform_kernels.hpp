@@ -16,9 +16,9 @@
 /// rows, so that every per-row accumulation (min/max, grid error) is a plain sequential sum
 /// over the columns in both forms.
 ///
-/// \note Bit identity assumes the default floating-point environment (round to nearest) and a
-/// compiler that does not contract `a·b − c` into a fused multiply-add differently in the two
-/// forms; x86-64 builds without `-mfma` never contract, otherwise pass `-ffp-contract=off`.
+/// \note Bit identity assumes the default floating-point environment (round to nearest). The
+/// kernels contain no `a·b ± c` that a compiler could contract into a fused multiply-add
+/// (`s·(t − z)` multiplies an exact difference), so `-mfma` does not change them.
 /// `|e|^norm` is evaluated by xsimd::pow in both forms (a one-lane use in the scalar form), so
 /// the two forms agree on it too.
 
@@ -26,17 +26,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <q2n/quantizers/kernel_path.hpp>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 namespace q2n::detail {
 
-#if defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
-inline constexpr bool kHaveSimd = false;
-#else
-inline constexpr bool kHaveSimd = true;
-#endif
+/// Which implementation runs the element-wise loops. Both give bit-identical results; the
+/// scalar one exists as a reference for the tests.
+enum class KernelPath { simd, scalar };
+
+/// The path the quantizers take on this thread (simd unless a test switches it).
+inline KernelPath& kernel_path() noexcept {
+  static thread_local KernelPath path = KernelPath::simd;
+  return path;
+}
 
 /// Scalar form of the code computation (x / s, round half-even, shift, clamp).
 template <class T>
@@ -93,28 +96,6 @@ void quantize_span(const T* x, const T* s, const T* z, T maxq, Eigen::Index n, T
     xhat[i] = s[i] * (t - z[i]);
     if (codes) codes[i] = static_cast<std::uint8_t>(t);
   }
-}
-
-/// Dequantizes n codes with per-element scale and zero: xhat = s · (code − z).
-template <class T>
-void dequantize_span(const std::uint8_t* codes, const T* s, const T* z, Eigen::Index n, T* xhat,
-                     KernelPath path) noexcept {
-  Eigen::Index i = 0;
-#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
-  if (path == KernelPath::simd) {
-    using B = xsimd::batch<T>;
-    constexpr Eigen::Index N = static_cast<Eigen::Index>(B::size);
-    alignas(64) T buf[N];
-    for (; i + N <= n; i += N) {
-      for (Eigen::Index k = 0; k < N; ++k) buf[k] = static_cast<T>(codes[i + k]);
-      const B t = B::load_aligned(buf);
-      const B vs = B::load_unaligned(s + i);
-      const B vz = B::load_unaligned(z + i);
-      (vs * (t - vz)).store_unaligned(xhat + i);
-    }
-  }
-#endif
-  for (; i < n; ++i) xhat[i] = s[i] * (static_cast<T>(codes[i]) - z[i]);
 }
 
 /// Running per-row minimum and maximum: mn = min(mn, x), mx = max(mx, x) over n rows.
