@@ -15,7 +15,7 @@
 
 namespace {
 
-using q2n::CodeMatrix;
+using q2n::IntCodes;
 using q2n::PackedMatrix;
 using q2n::ZeroFormat;
 using U32Mat = Eigen::Matrix<std::uint32_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -35,7 +35,7 @@ U32Mat words(Eigen::Index rows, Eigen::Index cols, std::vector<std::uint32_t> va
 
 // Reference 1: the bit stream defined bit by bit. Bit b of code (r, k) is bit k * bits + b of
 // stream r; stream bit i is bit i % 32 of word i / 32. Gives words x rows.
-U32Mat reference_bitwise(const CodeMatrix& codes, int bits) {
+U32Mat reference_bitwise(const IntCodes& codes, int bits) {
   const Eigen::Index rows = codes.rows(), cols = codes.cols();
   U32Mat out = U32Mat::Zero(cols * bits / 32, rows);
   for (Eigen::Index r = 0; r < rows; ++r)
@@ -51,7 +51,7 @@ U32Mat reference_bitwise(const CodeMatrix& codes, int bits) {
 // Reference 2: the GPTQ-for-LLaMa / AutoGPTQ packing loops as the checkpoints define them, on
 // the transposed codes (cols x rows). 2/4/8 bits: 32/bits whole codes per word; 3 bits: 32
 // codes in 3 words with codes 10 and 21 split across word boundaries.
-U32Mat reference_gptq(const CodeMatrix& codes, int bits) {
+U32Mat reference_gptq(const IntCodes& codes, int bits) {
   const Eigen::Matrix<std::uint32_t, Eigen::Dynamic, Eigen::Dynamic> t =
       codes.transpose().cast<std::uint32_t>();
   U32Mat q = U32Mat::Zero(t.rows() / 32 * bits, t.cols());
@@ -85,19 +85,19 @@ U32Mat reference_gptq(const CodeMatrix& codes, int bits) {
   return q;
 }
 
-CodeMatrix random_codes(Eigen::Index rows, Eigen::Index cols, std::int32_t lo, std::int32_t hi,
+IntCodes random_codes(Eigen::Index rows, Eigen::Index cols, std::int32_t lo, std::int32_t hi,
                         std::uint32_t seed) {
   std::mt19937 gen(seed);
   std::uniform_int_distribution<std::int32_t> dist(lo, hi);
-  CodeMatrix c(rows, cols);
+  IntCodes c(rows, cols);
   for (Eigen::Index j = 0; j < cols; ++j)
     for (Eigen::Index i = 0; i < rows; ++i) c(i, j) = dist(gen);
   return c;
 }
 
-CodeMatrix code_rows(Eigen::Index rows, Eigen::Index cols,
+IntCodes code_rows(Eigen::Index rows, Eigen::Index cols,
                      std::vector<std::pair<std::pair<int, int>, int>> entries) {
-  CodeMatrix c = CodeMatrix::Zero(rows, cols);
+  IntCodes c = IntCodes::Zero(rows, cols);
   for (const auto& e : entries) c(e.first.first, e.first.second) = e.second;
   return c;
 }
@@ -122,7 +122,7 @@ bool has(const std::string& text, const std::string& part) {
 
 TEST_CASE("pack_codes: hand-computed words for 2, 4 and 8 bits (whole codes per word)") {
   SUBCASE("4 bits: code j of a word at bit 4j") {
-    CodeMatrix c(2, 8);
+    IntCodes c(2, 8);
     c << 0, 1, 2, 3, 4, 5, 6, 7,  //
         15, 14, 13, 12, 11, 10, 9, 8;
     const PackedMatrix q = q2n::pack_codes(c, 4);
@@ -133,7 +133,7 @@ TEST_CASE("pack_codes: hand-computed words for 2, 4 and 8 bits (whole codes per 
     CHECK(q2n::unpack_codes(q, 4) == c);
   }
   SUBCASE("2 bits: 16 codes per word") {
-    CodeMatrix c(1, 16);
+    IntCodes c(1, 16);
     c << 1, 2, 3, 0, 0, 0, 0, 0, 3, 3, 3, 3, 0, 1, 0, 1;
     // byte 0: codes 3..0 = 00 11 10 01 = 0x39; byte 1: 0; byte 2: 11111111; byte 3: 01 00 01 00
     const PackedMatrix q = q2n::pack_codes(c, 2);
@@ -141,7 +141,7 @@ TEST_CASE("pack_codes: hand-computed words for 2, 4 and 8 bits (whole codes per 
     CHECK(q2n::unpack_codes(q, 2) == c);
   }
   SUBCASE("8 bits: one byte per code") {
-    CodeMatrix c(1, 8);
+    IntCodes c(1, 8);
     c << 0x12, 0x34, 0x56, 0x78, 0xFF, 0x00, 0x80, 0x01;
     const PackedMatrix q = q2n::pack_codes(c, 8);
     CHECK(bits_of(q) == words(2, 1, {0x78563412u, 0x018000FFu}));
@@ -155,7 +155,7 @@ TEST_CASE("pack_codes: hand-computed words for 3 bits (GPTQ cross-word layout)")
   // 0, bits 0-1 of word 2 = 11; code 31 = 0b011 at bits 93-95 = bits 29-31 of word 2.
   // Row 1: code 11 = 7 at bits 33-35 (word 1 bits 1-3), code 20 = 7 at bits 60-62 (word 1 bits
   // 28-30), code 22 = 1 at bit 66 (word 2 bit 2).
-  const CodeMatrix c = code_rows(2, 32,
+  const IntCodes c = code_rows(2, 32,
                                  {{{0, 0}, 7},
                                   {{0, 10}, 5},
                                   {{0, 21}, 6},
@@ -176,7 +176,7 @@ TEST_CASE("pack_codes: hand-computed words for 5, 6 and 7 bits (dense stream)") 
     // code 6 = 0b10011 at bits 30-34: word 0 bits 30, 31 = 1, 1; word 1 bit 2 = 1.
     // code 12 = 0b11111 at bits 60-64: word 1 bits 28-31, word 2 bit 0.
     // code 31 = 1 at bit 155 = word 4 bit 27.
-    const CodeMatrix c = code_rows(1, 32, {{{0, 6}, 19}, {{0, 12}, 31}, {{0, 31}, 1}});
+    const IntCodes c = code_rows(1, 32, {{{0, 6}, 19}, {{0, 12}, 31}, {{0, 31}, 1}});
     const PackedMatrix q = q2n::pack_codes(c, 5);
     CHECK(bits_of(q) ==
           words(5, 1, {0xC0000000u, 0xF0000004u, 0x00000001u, 0x00000000u, 0x08000000u}));
@@ -185,14 +185,14 @@ TEST_CASE("pack_codes: hand-computed words for 5, 6 and 7 bits (dense stream)") 
   SUBCASE("6 bits: 16 codes in 3 words") {
     // code 5 = 63 at bits 30-35: word 0 bits 30-31, word 1 bits 0-3; code 15 = 0b100000 at
     // bits 90-95: its top bit is bit 95 = word 2 bit 31.
-    const CodeMatrix c = code_rows(1, 16, {{{0, 5}, 63}, {{0, 15}, 32}});
+    const IntCodes c = code_rows(1, 16, {{{0, 5}, 63}, {{0, 15}, 32}});
     const PackedMatrix q = q2n::pack_codes(c, 6);
     CHECK(bits_of(q) == words(3, 1, {0xC0000000u, 0x0000000Fu, 0x80000000u}));
     CHECK(q2n::unpack_codes(q, 6) == c);
   }
   SUBCASE("7 bits: 32 codes in 7 words") {
     // code 4 = 0b1010101 at bits 28-34: word 0 bits 28-31 = 0101, word 1 bits 0-2 = 101.
-    const CodeMatrix c = code_rows(1, 32, {{{0, 4}, 0x55}});
+    const IntCodes c = code_rows(1, 32, {{{0, 4}, 0x55}});
     const PackedMatrix q = q2n::pack_codes(c, 7);
     CHECK(bits_of(q) == words(7, 1, {0x50000000u, 0x5u, 0u, 0u, 0u, 0u, 0u}));
     CHECK(q2n::unpack_codes(q, 7) == c);
@@ -201,7 +201,7 @@ TEST_CASE("pack_codes: hand-computed words for 5, 6 and 7 bits (dense stream)") 
 
 TEST_CASE("pack_zeros: hand-computed words, v1 stores zero - 1, v2 stores zero") {
   SUBCASE("4 bits") {
-    CodeMatrix z(8, 2);       // rows x groups
+    IntCodes z(8, 2);       // rows x groups
     z.col(0).setConstant(8);  // the symmetric 4-bit zero point
     z.col(1) << 1, 2, 3, 4, 5, 6, 7, 8;
     const PackedMatrix v1 = q2n::pack_zeros(z, 4, ZeroFormat::v1);
@@ -216,23 +216,23 @@ TEST_CASE("pack_zeros: hand-computed words, v1 stores zero - 1, v2 stores zero")
     CHECK(q2n::unpack_zeros(v1, 4, ZeroFormat::v2) == (z.array() - 1).matrix());
   }
   SUBCASE("2 and 8 bits") {
-    const CodeMatrix z2 = CodeMatrix::Constant(16, 1, 2);
+    const IntCodes z2 = IntCodes::Constant(16, 1, 2);
     CHECK(bits_of(q2n::pack_zeros(z2, 2, ZeroFormat::v1)) == words(1, 1, {0x55555555u}));
-    CodeMatrix z8(4, 1);
+    IntCodes z8(4, 1);
     z8 << 1, 128, 256, 17;  // v1 stores 0, 127, 255, 16; 256 = 2^bits is storable in v1 only
     CHECK(bits_of(q2n::pack_zeros(z8, 8, ZeroFormat::v1)) == words(1, 1, {0x10FF7F00u}));
     CHECK(q2n::unpack_zeros(q2n::pack_zeros(z8, 8), 8) == z8);  // v1 is the default
     CHECK_THROWS_AS(q2n::pack_zeros(z8, 8, ZeroFormat::v2), std::invalid_argument);
   }
   SUBCASE("3 bits, same cross-word layout as qweight, along the rows") {
-    CodeMatrix z = CodeMatrix::Zero(32, 1);
+    IntCodes z = IntCodes::Zero(32, 1);
     z(0, 0) = 7;
     z(10, 0) = 5;
     z(21, 0) = 6;
     z(31, 0) = 3;
     const PackedMatrix v2 = q2n::pack_zeros(z, 3, ZeroFormat::v2);
     CHECK(bits_of(v2) == words(1, 3, {0x40000007u, 0x00000001u, 0x60000003u}));
-    const CodeMatrix z1 = (z.array() + 1).matrix();
+    const IntCodes z1 = (z.array() + 1).matrix();
     CHECK(bits_of(q2n::pack_zeros(z1, 3, ZeroFormat::v1)) == bits_of(v2));
     CHECK(q2n::unpack_zeros(v2, 3, ZeroFormat::v2) == z);
   }
@@ -242,7 +242,7 @@ TEST_CASE("pack_codes agrees with both reference packers and round-trips random 
   const Eigen::Index rows = 7, cols = 96;  // 96 * bits is a multiple of 32 for every width
   for (int bits = 2; bits <= 8; ++bits) {
     CAPTURE(bits);
-    const CodeMatrix c = random_codes(rows, cols, 0, (1 << bits) - 1, 100 + bits);
+    const IntCodes c = random_codes(rows, cols, 0, (1 << bits) - 1, 100 + bits);
     const PackedMatrix q = q2n::pack_codes(c, bits);
     REQUIRE(q.rows() == cols * bits / 32);
     REQUIRE(q.cols() == rows);
@@ -256,25 +256,25 @@ TEST_CASE("pack_codes agrees with both reference packers and round-trips random 
     CHECK(q2n::pack_codes(c.cast<std::uint8_t>(), bits) == q);
     CHECK(q2n::pack_codes(c.cast<std::int64_t>(), bits) == q);
     CHECK(q2n::pack_codes(c.cast<float>(), bits) == q);
-    CHECK(q2n::pack_codes(Eigen::Map<const CodeMatrix>(c.data(), rows, cols), bits) == q);
+    CHECK(q2n::pack_codes(Eigen::Map<const IntCodes>(c.data(), rows, cols), bits) == q);
     CHECK(q2n::unpack_codes(bits_of(q), bits) == c);              // uint32 words
     CHECK(q2n::unpack_codes(q.cast<std::int64_t>(), bits) == c);  // int64 holding int32 words
 
-    const CodeMatrix z2 = random_codes(64, 3, 0, (1 << bits) - 1, 200 + bits);
+    const IntCodes z2 = random_codes(64, 3, 0, (1 << bits) - 1, 200 + bits);
     const PackedMatrix qz2 = q2n::pack_zeros(z2, bits, ZeroFormat::v2);
     REQUIRE(qz2.rows() == 3);
     REQUIRE(qz2.cols() == 64 * bits / 32);
     CHECK(bits_of(qz2) == reference_bitwise(z2.transpose(), bits).transpose());
     CHECK(q2n::unpack_zeros(qz2, bits, ZeroFormat::v2) == z2);
-    const CodeMatrix z1 = (z2.array() + 1).matrix();  // v1 range [1, 2^bits]
+    const IntCodes z1 = (z2.array() + 1).matrix();  // v1 range [1, 2^bits]
     CHECK(q2n::pack_zeros(z1, bits, ZeroFormat::v1) == qz2);
     CHECK(q2n::unpack_zeros(q2n::pack_zeros(z1, bits, ZeroFormat::v1), bits, ZeroFormat::v1) == z1);
   }
 }
 
 TEST_CASE("packed tensors survive a safetensors round trip") {
-  const CodeMatrix c = random_codes(16, 64, 0, 15, 5);
-  const CodeMatrix z = random_codes(16, 2, 0, 15, 6);
+  const IntCodes c = random_codes(16, 64, 0, 15, 5);
+  const IntCodes z = random_codes(16, 2, 0, 15, 6);
   q2n::io::SafetensorsWriter w;
   w.add("qweight", q2n::pack_codes(c, 4), q2n::io::DType::I32);
   w.add("qzeros", q2n::pack_zeros(z, 4, ZeroFormat::v2), q2n::io::DType::I32);
@@ -292,7 +292,7 @@ TEST_CASE("packed tensors survive a safetensors round trip") {
 }
 
 TEST_CASE("packing rejects bad widths, codes and shapes with a message") {
-  const CodeMatrix c = CodeMatrix::Zero(2, 32);
+  const IntCodes c = IntCodes::Zero(2, 32);
   CHECK(has(thrown<std::invalid_argument>([&] { q2n::pack_codes(c, 9); }),
             "q2n::pack_codes: bits = 9 is outside 2..8"));
   CHECK_THROWS_AS(q2n::pack_codes(c, 1), std::invalid_argument);
@@ -300,7 +300,7 @@ TEST_CASE("packing rejects bad widths, codes and shapes with a message") {
   CHECK_THROWS_AS(q2n::pack_zeros(c, 10), std::invalid_argument);
   CHECK_THROWS_AS(q2n::unpack_zeros(PackedMatrix::Zero(3, 2), 12), std::invalid_argument);
 
-  CodeMatrix bad = c;
+  IntCodes bad = c;
   bad(1, 5) = 16;
   CHECK(has(thrown<std::invalid_argument>([&] { q2n::pack_codes(bad, 4); }),
             "codes(1, 5) = 16 is outside 0..15"));
@@ -309,21 +309,21 @@ TEST_CASE("packing rejects bad widths, codes and shapes with a message") {
   Eigen::MatrixXf fractional = Eigen::MatrixXf::Zero(1, 8);
   fractional(0, 3) = 1.5f;
   CHECK_THROWS_AS(q2n::pack_codes(fractional, 4), std::invalid_argument);
-  CHECK(has(thrown<std::invalid_argument>([&] { q2n::pack_codes(CodeMatrix::Zero(2, 20), 3); }),
+  CHECK(has(thrown<std::invalid_argument>([&] { q2n::pack_codes(IntCodes::Zero(2, 20), 3); }),
             "cols = 20 times bits = 3 is not a multiple of 32"));
-  CHECK_NOTHROW(q2n::pack_codes(CodeMatrix::Zero(2, 8), 4));   // 8 * 4 = 32
-  CHECK_NOTHROW(q2n::pack_codes(CodeMatrix::Zero(2, 16), 6));  // 16 * 6 = 96
-  CHECK_THROWS_AS(q2n::pack_codes(CodeMatrix::Zero(2, 8), 6), std::invalid_argument);
+  CHECK_NOTHROW(q2n::pack_codes(IntCodes::Zero(2, 8), 4));   // 8 * 4 = 32
+  CHECK_NOTHROW(q2n::pack_codes(IntCodes::Zero(2, 16), 6));  // 16 * 6 = 96
+  CHECK_THROWS_AS(q2n::pack_codes(IntCodes::Zero(2, 8), 6), std::invalid_argument);
 
-  const CodeMatrix z0 = CodeMatrix::Zero(8, 1);
+  const IntCodes z0 = IntCodes::Zero(8, 1);
   CHECK(has(thrown<std::invalid_argument>([&] { q2n::pack_zeros(z0, 4, ZeroFormat::v1); }),
             "ZeroFormat::v2"));
   CHECK_NOTHROW(q2n::pack_zeros(z0, 4, ZeroFormat::v2));
-  CHECK_THROWS_AS(q2n::pack_zeros(CodeMatrix::Constant(8, 1, 16), 4, ZeroFormat::v2),
+  CHECK_THROWS_AS(q2n::pack_zeros(IntCodes::Constant(8, 1, 16), 4, ZeroFormat::v2),
                   std::invalid_argument);
   CHECK_THROWS_AS(q2n::pack_zeros(Eigen::Matrix<std::uint8_t, 8, 1>::Zero(), 4, ZeroFormat::v1),
                   std::invalid_argument);
-  CHECK_THROWS_AS(q2n::pack_zeros(CodeMatrix::Constant(12, 1, 1), 4), std::invalid_argument);
+  CHECK_THROWS_AS(q2n::pack_zeros(IntCodes::Constant(12, 1, 1), 4), std::invalid_argument);
 
   CHECK(has(thrown<std::invalid_argument>([&] { q2n::unpack_codes(PackedMatrix::Zero(4, 2), 3); }),
             "multiple of 3"));

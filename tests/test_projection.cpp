@@ -83,7 +83,7 @@ TEST_CASE_TEMPLATE("no cut leaves Q unchanged; zero rows keep m = 1", T, Q2N_TES
   CHECK(q2n::equivalent_vector(w, qz, ns, 0.0)(1) == T(1));
 }
 
-TEST_CASE_TEMPLATE("fold_into_scales reproduces diag(m) Q from codes", T, Q2N_TEST_SCALARS) {
+TEST_CASE_TEMPLATE("fold reproduces diag(m) Q from codes", T, Q2N_TEST_SCALARS) {
   // Q = s ⊙ (q − z) per (row, group) of 4 columns; folding m into s leaves codes and zeros.
   const Eigen::Index rows = 3, cols = 8, group = 4;
   Eigen::MatrixXi codes(rows, cols);
@@ -101,7 +101,7 @@ TEST_CASE_TEMPLATE("fold_into_scales reproduces diag(m) Q from codes", T, Q2N_TE
   Eigen::Matrix<T, Eigen::Dynamic, 1> m(rows);
   m << T(1.01), T(0.98), T(1.0);
   Mat<T> folded = scales;
-  q2n::fold_into_scales(folded, m);
+  q2n::fold(folded, m);
   // (m·s)·(q − z) and m·(s·(q − z)) differ by at most one rounding of each product.
   const Mat<T> expect = m.asDiagonal() * dequant(scales);
   CHECK((dequant(folded) - expect).cwiseAbs().maxCoeff() <=
@@ -109,9 +109,9 @@ TEST_CASE_TEMPLATE("fold_into_scales reproduces diag(m) Q from codes", T, Q2N_TE
   // Writable views fold in place too.
   Mat<T> viaref = scales;
   Eigen::Ref<Mat<T>> ref(viaref);
-  q2n::fold_into_scales(ref, m);
+  q2n::fold(ref, m);
   CHECK(viaref == folded);
-  CHECK_THROWS_WITH_AS(q2n::fold_into_scales(folded, Eigen::Matrix<T, Eigen::Dynamic, 1>::Ones(2)),
+  CHECK_THROWS_WITH_AS(q2n::fold(folded, Eigen::Matrix<T, Eigen::Dynamic, 1>::Ones(2)),
                        doctest::Contains("one m entry per row"), std::invalid_argument);
 }
 

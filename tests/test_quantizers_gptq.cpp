@@ -35,13 +35,13 @@ bool meta_bool(const std::map<std::string, std::string>& m, const std::string& k
 
 q2n::GptqOptions options_from(const std::map<std::string, std::string>& meta) {
   q2n::GptqOptions o;
-  o.bits = std::stoi(meta.at("bits"));
+  o.grid.bits = std::stoi(meta.at("bits"));
   o.groupsize = std::stoi(meta.at("groupsize"));
-  o.sym = meta_bool(meta, "sym");
+  o.grid.sym = meta_bool(meta, "sym");
   o.act_order = meta_bool(meta, "act_order");
   o.static_groups = meta_bool(meta, "static_groups");
-  o.percdamp = std::stod(meta.at("percdamp"));
-  o.blocksize = std::stoi(meta.at("blocksize"));
+  o.damping.percdamp = std::stod(meta.at("percdamp"));
+  o.sweep.blocksize = std::stoi(meta.at("blocksize"));
   return o;
 }
 
@@ -77,7 +77,7 @@ TEST_CASE_TEMPLATE("gptq conformance with the reference on every vector file", T
     q2n::QuantResult<T> res;
     for (bool reference_arithmetic : {false, true}) {
       q2n::GptqOptions oo = o;
-      oo.reference_arithmetic = reference_arithmetic;
+      oo.sweep.reference_arithmetic = reference_arithmetic;
       res = q2n::gptq(W, H, oo);
       CHECK(q2n::dequantize(res.storage) == res.Q);
       Eigen::Index equal = 0;
@@ -95,7 +95,7 @@ TEST_CASE_TEMPLATE("gptq conformance with the reference on every vector file", T
       CHECK(frac >= 0.99);
       CHECK(std::abs(ours / ref - 1) <= 0.01);
       CHECK(res.diagnostics.retries == 0);
-      CHECK(res.diagnostics.percdamp == o.percdamp);
+      CHECK(res.diagnostics.percdamp == o.damping.percdamp);
     }
 
     // The storage describes the run: perm is a permutation, act-order follows diag(H).
@@ -126,7 +126,7 @@ TEST_CASE_TEMPLATE("Q2N plug-in on the reference gptq.Q reproduces q2n.m and q2n
     REQUIRE(ns.cut().index() == std::stoi(meta.at("cut_index")));
 
     const auto wrapped = q2n::full_precision_result(Qref);
-    const auto refined = q2n::refine_quantized(wrapped, W, ns, lambda);
+    const auto refined = q2n::refine(wrapped, W, ns, lambda);
     // 1e-9 in double (the reference is float64 from the same float32 inputs); 1e-4 in float,
     // where the kept basis U1 carries float rounding (~1e-6 relative) into m − 1.
     const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-9;
@@ -137,20 +137,20 @@ TEST_CASE_TEMPLATE("Q2N plug-in on the reference gptq.Q reproduces q2n.m and q2n
     for (Eigen::Index j = 0; j < W.cols(); ++j)
       for (Eigen::Index i = 0; i < W.rows(); ++i)
         if (Q2ref(i, j) != 0)
-          dq = std::max(dq, std::abs(static_cast<double>(refined.result.Q(i, j)) - Q2ref(i, j)) /
+          dq = std::max(dq, std::abs(static_cast<double>(refined.Q(i, j)) - Q2ref(i, j)) /
                                 std::abs(Q2ref(i, j)));
         else
-          CHECK(refined.result.Q(i, j) == 0);
+          CHECK(refined.Q(i, j) == 0);
     MESSAGE(name, ": max rel diff m ", dm, ", Q ", dq);
     CHECK(dm <= tol);
     CHECK(dq <= tol);
     CHECK(refined.cut.index() == std::stoi(meta.at("cut_index")));
-    CHECK(q2n::dequantize(refined.result.storage) == refined.result.Q);
+    CHECK(q2n::dequantize(refined.storage) == refined.Q);
 
     // Our own GPTQ output refined the same way lands near the reference's m (Q agrees on ≥ 99%
     // of its entries, so m moves by far less than its own deviation from 1).
     const auto ours = q2n::gptq(W, file.read_matrix<float>("H"), options_from(meta));
-    const auto ours_refined = q2n::refine_quantized(ours, W, ns, lambda);
+    const auto ours_refined = q2n::refine(ours, W, ns, lambda);
     const double dev = (m_ref.array() - 1).abs().maxCoeff();
     CHECK((ours_refined.m.template cast<double>() - m_ref).cwiseAbs().maxCoeff() <= 0.25 * dev);
   }
@@ -182,13 +182,13 @@ TEST_CASE("gptq matches a plain double-precision re-implementation (all option c
                 CAPTURE(stat);
                 CAPTURE(bs);
                 q2n::GptqOptions o;
-                o.bits = bits;
+                o.grid.bits = bits;
                 o.groupsize = gs;
-                o.sym = sym;
+                o.grid.sym = sym;
                 o.act_order = act;
                 o.static_groups = stat;
-                o.blocksize = bs;
-                o.reference_arithmetic = refa;
+                o.sweep.blocksize = bs;
+                o.sweep.reference_arithmetic = refa;
                 const auto res = q2n::gptq(W, H, o);
                 const auto ref = qref::gptq(W, H, bits, gs, sym, act, stat, 0.01, bs);
                 REQUIRE(res.diagnostics.dead_columns == 1);
@@ -196,7 +196,7 @@ TEST_CASE("gptq matches a plain double-precision re-implementation (all option c
                   REQUIRE(res.storage.perm(k) == ref.perm[k]);
                 for (Eigen::Index j = 0; j < W.cols(); ++j)
                   for (Eigen::Index i = 0; i < W.rows(); ++i) {
-                    REQUIRE(res.storage.codes(i, j) == ref.codes[j * W.rows() + i]);
+                    REQUIRE(res.storage.uniform->codes(i, j) == ref.codes[j * W.rows() + i]);
                     REQUIRE(std::abs(res.Q(i, j) - ref.Q(i, j)) <=
                             1e-12 * (1 + std::abs(ref.Q(i, j))));
                   }
@@ -205,7 +205,7 @@ TEST_CASE("gptq matches a plain double-precision re-implementation (all option c
                 for (Eigen::Index k = 0; k < W.cols(); ++k) {
                   const int j = res.storage.perm(k);
                   const int expect = gs == -1 ? 0 : static_cast<int>((stat ? j : k) / gs);
-                  REQUIRE(res.storage.g_idx(j) == expect);
+                  REQUIRE(res.storage.uniform->g_idx(j) == expect);
                 }
                 ++cases;
               }
@@ -216,13 +216,16 @@ TEST_CASE_TEMPLATE("gptq in float agrees with the double re-implementation", T, 
   const Mat<T> W = q2n_test::gaussian<T>(16, 64, 41);
   const Mat<T> X = q2n_test::structured_activations<T>(128, 64, 16, 42);
   const Mat<T> H = (T(2) / 128) * X.transpose() * X;
-  const auto res = q2n::gptq(W, H, {3, 16});
+  q2n::GptqOptions o;
+  o.grid.bits = 3;
+  o.groupsize = 16;
+  const auto res = q2n::gptq(W, H, o);
   const auto ref = qref::gptq(W.template cast<double>(), H.template cast<double>(), 3, 16, false,
                               false, false, 0.01, 128);
   Eigen::Index same = 0;
   for (Eigen::Index j = 0; j < W.cols(); ++j)
     for (Eigen::Index i = 0; i < W.rows(); ++i)
-      same += res.storage.codes(i, j) == ref.codes[j * W.rows() + i];
+      same += res.storage.uniform->codes(i, j) == ref.codes[j * W.rows() + i];
   // float: rounding (~1e-7) flips a code only next to a boundary; error feedback can carry a
   // flip to a few later columns of the same row, so allow 2% (double: all equal).
   const double frac = static_cast<double>(same) / static_cast<double>(W.size());
@@ -235,7 +238,7 @@ TEST_CASE_TEMPLATE("gptq damping: rank-deficient H quantizes and reports the dam
   const Mat<T> H = (T(2) / 6) * X.transpose() * X;
   const double mean = H.diagonal().template cast<double>().mean();
 
-  const auto a = q2n::gptq(W, H, {4});
+  const auto a = q2n::gptq(W, H);
   CHECK(a.diagnostics.retries == 0);
   CHECK(a.diagnostics.percdamp == 0.01);
   CHECK(a.diagnostics.damping == doctest::Approx(0.01 * mean).epsilon(1e-6));
@@ -243,7 +246,7 @@ TEST_CASE_TEMPLATE("gptq damping: rank-deficient H quantizes and reports the dam
 
   // Without damping the factorization fails and is retried with growing damping.
   q2n::GptqOptions o;
-  o.percdamp = 0;
+  o.damping.percdamp = 0;
   const auto b = q2n::gptq(W, H, o);
   CHECK(b.diagnostics.retries >= 1);
   CHECK(b.diagnostics.percdamp > 0);
@@ -252,17 +255,17 @@ TEST_CASE_TEMPLATE("gptq damping: rank-deficient H quantizes and reports the dam
   CHECK(b.diagnostics.damping == doctest::Approx(b.diagnostics.percdamp * mean).epsilon(1e-6));
   CHECK(b.Q.allFinite());
   // Still a sensible quantization: its error in the calibration norm is no worse than RTN's.
-  const auto r = q2n::rtn(W, {4});
+  const auto r = q2n::rtn(W);
   const auto out_err = [&](const Mat<T>& Q) { return (X * (Q - W).transpose()).squaredNorm(); };
   CHECK(out_err(b.Q) <= out_err(r.Q));
-  o.reference_arithmetic = true;  // the reference route detects the failure the same way
+  o.sweep.reference_arithmetic = true;  // the reference route detects the failure the same way
   const auto c = q2n::gptq(W, H, o);
   CHECK(c.diagnostics.retries >= 1);
   CHECK(c.Q.allFinite());
-  o.reference_arithmetic = false;
+  o.sweep.reference_arithmetic = false;
 
   // No retries allowed: a clear numerical error.
-  o.max_damping_retries = 0;
+  o.damping.max_retries = 0;
   CHECK_THROWS_AS(q2n::gptq(W, H, o), q2n::NumericalError);
 }
 
@@ -270,10 +273,14 @@ TEST_CASE("gptq rejects bad input") {
   const Eigen::MatrixXf W = q2n_test::gaussian<float>(4, 16, 1);
   const Eigen::MatrixXf X = q2n_test::gaussian<float>(32, 16, 2);
   const Eigen::MatrixXf H = X.transpose() * X / 16;
-  CHECK_THROWS_WITH_AS(q2n::gptq(W, H, {9}),
-                       doctest::Contains("q2n::gptq: bits = 9 is outside 2..8"),
+  q2n::GptqOptions o;
+  o.grid.bits = 9;
+  CHECK_THROWS_WITH_AS(q2n::gptq(W, H, o),
+                       doctest::Contains("q2n::gptq: grid.bits = 9 is outside 2..8"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(q2n::gptq(W, H, {4, 6}),
+  o = {};
+  o.groupsize = 6;
+  CHECK_THROWS_WITH_AS(q2n::gptq(W, H, o),
                        doctest::Contains("groupsize = 6 does not divide cols = 16"),
                        std::invalid_argument);
   Eigen::MatrixXf Wn = W;
@@ -292,18 +299,18 @@ TEST_CASE("gptq rejects bad input") {
   Hneg(4, 4) = -1;
   CHECK_THROWS_WITH_AS(q2n::gptq(W, Hneg), doctest::Contains("H(4, 4) = -1 is negative"),
                        std::invalid_argument);
-  q2n::GptqOptions o;
-  o.percdamp = -0.1;
+  o = {};
+  o.damping.percdamp = -0.1;
   CHECK_THROWS_WITH_AS(q2n::gptq(W, H, o), doctest::Contains("percdamp = -0.1"),
                        std::invalid_argument);
   o = {};
-  o.blocksize = 0;
+  o.sweep.blocksize = 0;
   CHECK_THROWS_WITH_AS(q2n::gptq(W, H, o), doctest::Contains("blocksize = 0"),
                        std::invalid_argument);
   // H from the accumulator (double) is accepted for float weights.
   q2n::HessianAccumulator acc(16);
   acc.add(X);
-  CHECK(q2n::gptq(W, acc.hessian(), {4}).Q.allFinite());
+  CHECK(q2n::gptq(W, acc.hessian()).Q.allFinite());
 }
 
 TEST_CASE_TEMPLATE("gptq, owq and pbllm accept row-major matrices, maps and refs alike", T, Q2N_TEST_SCALARS) {
@@ -315,7 +322,7 @@ TEST_CASE_TEMPLATE("gptq, owq and pbllm accept row-major matrices, maps and refs
   const Eigen::Map<const Mat<T>> Wm(W.data(), W.rows(), W.cols());
   const Eigen::Ref<const Mat<T>> Href(H);
   q2n::GptqOptions o;
-  o.bits = 3;
+  o.grid.bits = 3;
   o.groupsize = 8;
   o.act_order = true;
   const auto a = q2n::gptq(W, H, o);

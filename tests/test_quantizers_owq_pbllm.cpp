@@ -51,26 +51,26 @@ TEST_CASE_TEMPLATE(
           CAPTURE(act);
           CAPTURE(bs);
           q2n::OwqOptions o;
-          o.bits = 3;
+          o.grid.bits = 3;
           o.groupsize = gs;
           o.act_order = act;
           o.outlier_columns = n_out;
-          o.blocksize = bs;
+          o.sweep.blocksize = bs;
           const auto res = q2n::owq(W, H, o);
           const auto& s = res.storage;
-          REQUIRE(s.fp_columns.size() == n_out);
-          REQUIRE(s.fp_values.cols() == n_out);
+          REQUIRE(s.full_precision->columns.size() == n_out);
+          REQUIRE(s.full_precision->values.cols() == n_out);
           CHECK(q2n::dequantize(s) == res.Q);
           const auto ref = qref::owq(W.template cast<double>(), H.template cast<double>(), 3, gs,
                                      false, act, n_out, 0.01, bs);
           for (Eigen::Index k = 0; k < W.cols(); ++k) REQUIRE(s.perm(k) == ref.perm[k]);
-          std::set<int> kept(s.fp_columns.data(), s.fp_columns.data() + n_out);
+          std::set<int> kept(s.full_precision->columns.data(), s.full_precision->columns.data() + n_out);
           REQUIRE(static_cast<Eigen::Index>(kept.size()) == n_out);
           for (Eigen::Index k = 0; k < n_out; ++k) {
-            REQUIRE(s.fp_columns(k) == ref.kept[k]);
-            REQUIRE(s.g_idx(s.fp_columns(k)) == -1);
+            REQUIRE(s.full_precision->columns(k) == ref.kept[k]);
+            REQUIRE(s.uniform->g_idx(s.full_precision->columns(k)) == -1);
             // The kept columns are not W: they absorbed the lazy GPTQ updates.
-            CHECK((res.Q.col(s.fp_columns(k)) - W.col(s.fp_columns(k))).norm() > 0);
+            CHECK((res.Q.col(s.full_precision->columns(k)) - W.col(s.full_precision->columns(k))).norm() > 0);
           }
           // double: equal up to summation order; float: ≥ 97% of entries within 1e-4 relative
           // (float rounding flips a code only at a boundary; feedback spreads it a little).
@@ -92,10 +92,10 @@ TEST_CASE_TEMPLATE("owq with a target bit width", T, Q2N_TEST_SCALARS) {
   const Mat<T> W = q2n_test::gaussian<T>(8, 64, 71);
   const Mat<T> H = hessian_of<T>(q2n_test::structured_activations<T>(80, 64, 8, 72));
   q2n::OwqOptions o;
-  o.bits = 4;
+  o.grid.bits = 4;
   o.target_bits = 4.5;  // 64 · 0.5 / 12 = 2.67 → 3 → 4
   const auto res = q2n::owq(W, H, o);
-  CHECK(res.storage.fp_columns.size() == 4);
+  CHECK(res.storage.full_precision->columns.size() == 4);
   o.outlier_columns = 2;
   CHECK_THROWS_WITH_AS(q2n::owq(W, H, o), doctest::Contains("pass only one"),
                        std::invalid_argument);
@@ -122,10 +122,10 @@ TEST_CASE_TEMPLATE("pbllm: counts per group, storage round trip, re-implementati
           CAPTURE(high);
           q2n::PbllmOptions o;
           o.low_frac = low_frac;
-          o.high_bits = high;
+          o.high.bits = high;
           o.groupsize = gs;
           o.salience = sal;
-          o.blocksize = 16;
+          o.sweep.blocksize = 16;
           const auto res = q2n::pbllm(W, H, o);
           const auto& s = res.storage;
           CHECK(res.diagnostics.dead_columns == 1);
@@ -137,7 +137,7 @@ TEST_CASE_TEMPLATE("pbllm: counts per group, storage round trip, re-implementati
           for (Eigen::Index grp = 0; grp < W.cols() / g; ++grp) {
             Eigen::Index binarized = 0;
             for (Eigen::Index j = grp * g; j < (grp + 1) * g; ++j)
-              for (Eigen::Index i = 0; i < W.rows(); ++i) binarized += s.salient(i, j) == 0;
+              for (Eigen::Index i = 0; i < W.rows(); ++i) binarized += s.binarized->salient(i, j) == 0;
             REQUIRE(binarized == n_bin);                       // exactly as configured
             CHECK(std::abs(binarized - low_frac * n) <= 1.0);  // the share, within one element
           }
@@ -148,12 +148,12 @@ TEST_CASE_TEMPLATE("pbllm: counts per group, storage round trip, re-implementati
           Eigen::Index mask_diff = 0;
           for (Eigen::Index j = 0; j < W.cols(); ++j)
             for (Eigen::Index i = 0; i < W.rows(); ++i)
-              mask_diff += (s.salient(i, j) == 0) != (ref.binarized[i][j] != 0);
+              mask_diff += (s.binarized->salient(i, j) == 0) != (ref.binarized[i][j] != 0);
           CHECK(mask_diff <= (std::is_same_v<T, float> ? 1 : 0));
           if (mask_diff == 0) {
-            CHECK((s.bin_alpha.template cast<double>() - ref.alpha).cwiseAbs().maxCoeff() <=
+            CHECK((s.binarized->alpha.template cast<double>() - ref.alpha).cwiseAbs().maxCoeff() <=
                   (std::is_same_v<T, float> ? 1e-5 : 1e-12));
-            CHECK((s.bin_mean.template cast<double>() - ref.mean).cwiseAbs().maxCoeff() <=
+            CHECK((s.binarized->mean.template cast<double>() - ref.mean).cwiseAbs().maxCoeff() <=
                   (std::is_same_v<T, float> ? 1e-5 : 1e-12));
             Eigen::Index close = 0;
             for (Eigen::Index j = 0; j < W.cols(); ++j)
@@ -169,13 +169,13 @@ TEST_CASE_TEMPLATE("pbllm: counts per group, storage round trip, re-implementati
           // Binarized entries are sign · alpha + mean; signs are stored for them only.
           for (Eigen::Index j = 0; j < W.cols(); ++j)
             for (Eigen::Index i = 0; i < W.rows(); ++i)
-              if (s.salient(i, j)) {
-                REQUIRE(s.signs(i, j) == 0);
+              if (s.binarized->salient(i, j)) {
+                REQUIRE(s.binarized->signs(i, j) == 0);
               } else {
-                REQUIRE(s.codes(i, j) == 0);
+                REQUIRE(s.uniform->codes(i, j) == 0);
                 const Eigen::Index grp = j / g;
                 REQUIRE(res.Q(i, j) ==
-                        static_cast<T>(s.signs(i, j)) * s.bin_alpha(i, grp) + s.bin_mean(i, grp));
+                        static_cast<T>(s.binarized->signs(i, j)) * s.binarized->alpha(i, grp) + s.binarized->mean(i, grp));
               }
           ++cases;
         }
@@ -186,7 +186,9 @@ TEST_CASE("owq and pbllm reject bad input") {
   const Eigen::MatrixXd W = q2n_test::gaussian<double>(4, 16, 1);
   const Eigen::MatrixXd X = q2n_test::gaussian<double>(32, 16, 2);
   const Eigen::MatrixXd H = X.transpose() * X / 16;
-  CHECK_THROWS_WITH_AS(q2n::owq(W, H, {1}), doctest::Contains("q2n::owq: bits = 1"),
+  q2n::OwqOptions o1;
+  o1.grid.bits = 1;
+  CHECK_THROWS_WITH_AS(q2n::owq(W, H, o1), doctest::Contains("q2n::owq: grid.bits = 1"),
                        std::invalid_argument);
   q2n::OwqOptions oo;
   oo.groupsize = 3;
@@ -197,8 +199,8 @@ TEST_CASE("owq and pbllm reject bad input") {
   CHECK_THROWS_WITH_AS(q2n::owq(W, H.topRows(15)), doctest::Contains("H (must be cols x cols"),
                        std::invalid_argument);
   q2n::PbllmOptions po;
-  po.high_bits = 9;
-  CHECK_THROWS_WITH_AS(q2n::pbllm(W, H, po), doctest::Contains("high_bits = 9 is outside 2..8"),
+  po.high.bits = 9;
+  CHECK_THROWS_WITH_AS(q2n::pbllm(W, H, po), doctest::Contains("high.bits = 9 is outside 2..8"),
                        std::invalid_argument);
   po = {};
   po.low_frac = 1.5;
@@ -217,7 +219,9 @@ TEST_CASE("owq and pbllm reject bad input") {
   // Rank-deficient H: both quantize and report the damping used.
   const Eigen::MatrixXd X3 = q2n_test::gaussian<double>(3, 16, 4);
   const Eigen::MatrixXd H3 = X3.transpose() * X3;
-  const auto a = q2n::owq(W, H3, {4, -1, false, false, false, 2});
+  q2n::OwqOptions o2;
+  o2.outlier_columns = 2;
+  const auto a = q2n::owq(W, H3, o2);
   CHECK(a.Q.allFinite());
   CHECK(a.diagnostics.damping == doctest::Approx(0.01 * H3.diagonal().mean()));
   const auto b = q2n::pbllm(W, H3);

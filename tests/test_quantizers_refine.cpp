@@ -57,33 +57,35 @@ Eigen::VectorXd dense_m(const Mat<T>& W, const Mat<T>& Q, const q2n::NullSpace<T
 }
 
 template <class T>
-void check_refined(const q2n::QuantResult<T>& res, const q2n::RefinedResult<T>& ref) {
+void check_refined(const q2n::QuantResult<T>& res, const q2n::Refinement<T>& ref) {
   // dequantize(refined storage) is the refined Q, exactly.
-  CHECK(q2n::dequantize(ref.result.storage) == ref.result.Q);
-  CHECK(q2n::dequantize(ref.result.storage, q2n::KernelPath::scalar) == ref.result.Q);
+  CHECK(q2n::dequantize(ref.storage) == ref.Q);
   // Against diag(m)·Q: uniform entries s·(q − z) become fl(fl(m s)(q − z)) — within 2 ulp of
   // m·Q; full-precision entries are fl(m v) exactly; binarized entries sign·α + μ become
   // fl(fl(mα)·sign + fl(mμ)), within 3 ulp of |m|(|α| + |μ|) (cancellation can make the
   // relative error of tiny results larger, so that bound is absolute).
   const double eps = std::numeric_limits<T>::epsilon();
-  const auto& s = ref.result.storage;
+  const auto& s = ref.storage;
   std::vector<char> is_fp(static_cast<std::size_t>(s.cols), 0);
-  for (Eigen::Index k = 0; k < s.fp_columns.size(); ++k) is_fp[s.fp_columns(k)] = 1;
+  if (s.full_precision)
+    for (Eigen::Index k = 0; k < s.full_precision->columns.size(); ++k)
+      is_fp[static_cast<std::size_t>(s.full_precision->columns(k))] = 1;
   double worst_uniform = 0;
   for (Eigen::Index j = 0; j < s.cols; ++j)
     for (Eigen::Index i = 0; i < s.rows; ++i) {
       const T exact_prod = ref.m(i) * res.Q(i, j);
-      if (is_fp[j]) {
-        REQUIRE(ref.result.Q(i, j) == exact_prod);
+      if (is_fp[static_cast<std::size_t>(j)]) {
+        REQUIRE(ref.Q(i, j) == exact_prod);
         continue;
       }
       const double target = static_cast<double>(ref.m(i)) * static_cast<double>(res.Q(i, j));
-      const double got = static_cast<double>(ref.result.Q(i, j));
-      if (s.method == q2n::QuantMethod::pbllm && !s.salient(i, j)) {
-        const Eigen::Index b = j / (s.bin_groupsize == -1 ? s.cols : s.bin_groupsize);
+      const double got = static_cast<double>(ref.Q(i, j));
+      if (s.binarized && !s.binarized->salient(i, j)) {
+        const Eigen::Index b = j / s.binarized->groupsize;
+        const auto& b0 = *res.storage.binarized;
         const double bound = 3 * eps * std::abs(static_cast<double>(ref.m(i))) *
-                             (std::abs(static_cast<double>(res.storage.bin_alpha(i, b))) +
-                              std::abs(static_cast<double>(res.storage.bin_mean(i, b))));
+                             (std::abs(static_cast<double>(b0.alpha(i, b))) +
+                              std::abs(static_cast<double>(b0.mean(i, b))));
         REQUIRE(std::abs(got - target) <= bound);
       } else if (target != 0) {
         worst_uniform = std::max(worst_uniform, std::abs(got - target) / std::abs(target));
@@ -92,17 +94,19 @@ void check_refined(const q2n::QuantResult<T>& res, const q2n::RefinedResult<T>& 
       }
     }
   CHECK(worst_uniform <= 2 * eps);
-  // Codes, zeros, signs and masks are untouched; scales scale with m.
-  CHECK(s.codes == res.storage.codes);
-  CHECK(s.zeros == res.storage.zeros);
-  CHECK(s.g_idx == res.storage.g_idx);
+  // Codes, zeros and the order are untouched; scales scale with m.
+  const auto& u = *s.uniform;
+  const auto& u0 = *res.storage.uniform;
+  CHECK(u.codes == u0.codes);
+  CHECK(u.zeros == u0.zeros);
+  CHECK(u.g_idx == u0.g_idx);
   CHECK(s.perm == res.storage.perm);
-  CHECK(s.scales == ref.m.asDiagonal() * res.storage.scales);
+  CHECK(u.scales == ref.m.asDiagonal() * u0.scales);
 }
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("refine_quantized uses the original column order under act-order", T, Q2N_TEST_SCALARS) {
+TEST_CASE_TEMPLATE("refine uses the original column order under act-order", T, Q2N_TEST_SCALARS) {
   const auto L = make_layer<T>(12, 40, 91);
   const auto ns = q2n::NullSpace<T>::compute(L.abar);
   REQUIRE(ns.cut().found);
@@ -110,7 +114,7 @@ TEST_CASE_TEMPLATE("refine_quantized uses the original column order under act-or
   for (bool stat : {false, true}) {
     CAPTURE(stat);
     q2n::GptqOptions o;
-    o.bits = 3;
+    o.grid.bits = 3;
     o.groupsize = 8;
     o.act_order = true;
     o.static_groups = stat;
@@ -120,7 +124,7 @@ TEST_CASE_TEMPLATE("refine_quantized uses the original column order under act-or
     REQUIRE(moved > L.W.cols() / 2);  // the permutation really matters
 
     const double lambda = 0.2;
-    const auto ref = q2n::refine_quantized(res, L.W, ns, lambda);
+    const auto ref = q2n::refine(res, L.W, ns, lambda);
     const Eigen::VectorXd right = dense_m(L.W, res.Q, ns, res.storage.perm, false, lambda);
     const Eigen::VectorXd wrong = dense_m(L.W, res.Q, ns, res.storage.perm, true, lambda);
     // Tolerance: float carries U1's rounding (~1e-6) into m − 1; double ~1e-12.
@@ -135,18 +139,18 @@ TEST_CASE_TEMPLATE("refine_quantized uses the original column order under act-or
   }
 }
 
-TEST_CASE_TEMPLATE("refine_quantized uses the original column order under OWQ", T, Q2N_TEST_SCALARS) {
+TEST_CASE_TEMPLATE("refine uses the original column order under OWQ", T, Q2N_TEST_SCALARS) {
   const auto L = make_layer<T>(10, 32, 95);
   const auto ns = q2n::NullSpace<T>::compute(L.abar);
   REQUIRE(ns.kept() > 0);
   for (bool act : {false, true}) {
     CAPTURE(act);
     q2n::OwqOptions o;
-    o.bits = 3;
+    o.grid.bits = 3;
     o.act_order = act;
     o.outlier_columns = 4;
     const auto res = q2n::owq(L.W, L.H, o);
-    const auto ref = q2n::refine_quantized(res, L.W, ns);
+    const auto ref = q2n::refine(res, L.W, ns);
     const Eigen::VectorXd right = dense_m(L.W, res.Q, ns, res.storage.perm, false, 0.2);
     const Eigen::VectorXd wrong = dense_m(L.W, res.Q, ns, res.storage.perm, true, 0.2);
     const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-11;
@@ -158,50 +162,56 @@ TEST_CASE_TEMPLATE("refine_quantized uses the original column order under OWQ", 
     check_refined(res, ref);
     // Kept columns: fp_values scaled by m, exactly one rounding.
     for (Eigen::Index k = 0; k < 4; ++k)
-      CHECK(ref.result.storage.fp_values.col(k) ==
-            (ref.m.array() * res.storage.fp_values.col(k).array()).matrix());
+      CHECK(ref.storage.full_precision->values.col(k) ==
+            (ref.m.array() * res.storage.full_precision->values.col(k).array()).matrix());
   }
 }
 
-TEST_CASE_TEMPLATE("refine_quantized on rtn, gptq and pbllm storage", T, Q2N_TEST_SCALARS) {
+TEST_CASE_TEMPLATE("refine on rtn, gptq and pbllm storage", T, Q2N_TEST_SCALARS) {
   const auto L = make_layer<T>(9, 48, 97);
   const auto ns = q2n::NullSpace<T>::compute(L.abar);
-  const auto r = q2n::rtn(L.W, {4, 16});
-  check_refined(r, q2n::refine_quantized(r, L.W, ns));
-  const auto g = q2n::gptq(L.W, L.H, {2, 16, true});
-  check_refined(g, q2n::refine_quantized(g, L.W, ns));
+  q2n::RtnOptions ro;
+  ro.groupsize = 16;
+  const auto r = q2n::rtn(L.W, ro);
+  check_refined(r, q2n::refine(r, L.W, ns));
+  q2n::GptqOptions go;
+  go.grid.bits = 2;
+  go.grid.sym = true;
+  go.groupsize = 16;
+  const auto g = q2n::gptq(L.W, L.H, go);
+  check_refined(g, q2n::refine(g, L.W, ns));
   q2n::PbllmOptions po;
   po.groupsize = 16;
   const auto p = q2n::pbllm(L.W, L.H, po);
-  const auto pr = q2n::refine_quantized(p, L.W, ns);
+  const auto pr = q2n::refine(p, L.W, ns);
   check_refined(p, pr);
-  CHECK(pr.result.storage.bin_alpha == pr.m.asDiagonal() * p.storage.bin_alpha);
-  CHECK(pr.result.storage.bin_mean == pr.m.asDiagonal() * p.storage.bin_mean);
-  CHECK(pr.result.storage.signs == p.storage.signs);
-  CHECK(pr.result.storage.salient == p.storage.salient);
+  CHECK(pr.storage.binarized->alpha == pr.m.asDiagonal() * p.storage.binarized->alpha);
+  CHECK(pr.storage.binarized->mean == pr.m.asDiagonal() * p.storage.binarized->mean);
+  CHECK(pr.storage.binarized->signs == p.storage.binarized->signs);
+  CHECK(pr.storage.binarized->salient == p.storage.binarized->salient);
 
   // No cut: P = I, m = 1 exactly and nothing changes.
   const auto id = q2n::NullSpace<T>::identity(L.W.cols());
-  const auto same = q2n::refine_quantized(g, L.W, id);
+  const auto same = q2n::refine(g, L.W, id);
   CHECK(same.m == Eigen::Matrix<T, Eigen::Dynamic, 1>::Ones(L.W.rows()));
-  CHECK(same.result.Q == g.Q);
+  CHECK(same.Q == g.Q);
   CHECK_FALSE(same.cut.found);
 }
 
-TEST_CASE("refine_quantized and fold_equivalent_vector reject bad input") {
+TEST_CASE("refine and fold reject bad input") {
   const auto L = make_layer<double>(6, 16, 99);
   const auto ns = q2n::NullSpace<double>::compute(L.abar);
-  const auto r = q2n::rtn(L.W, {4});
-  CHECK_THROWS_WITH_AS(q2n::refine_quantized(r, L.W.leftCols(8), ns),
+  const auto r = q2n::rtn(L.W);
+  CHECK_THROWS_WITH_AS(q2n::refine(r, L.W.leftCols(8), ns),
                        doctest::Contains("W (must be the original weights"), std::invalid_argument);
   auto st = r.storage;
-  CHECK_THROWS_WITH_AS(q2n::fold_equivalent_vector(st, Eigen::VectorXd::Ones(5)),
+  CHECK_THROWS_WITH_AS(q2n::fold(st, Eigen::VectorXd::Ones(5)),
                        doctest::Contains("m is 5 x 1 but the storage has 6 rows"),
                        std::invalid_argument);
   Eigen::VectorXd bad = Eigen::VectorXd::Ones(6);
   bad(2) = NAN;
-  CHECK_THROWS_AS(q2n::fold_equivalent_vector(st, bad), std::invalid_argument);
-  st.g_idx(3) = 7;
-  CHECK_THROWS_WITH_AS(q2n::dequantize(st), doctest::Contains("storage.g_idx(3) = 7"),
+  CHECK_THROWS_AS(q2n::fold(st, bad), std::invalid_argument);
+  st.uniform->g_idx(3) = 7;
+  CHECK_THROWS_WITH_AS(q2n::dequantize(st), doctest::Contains("storage.uniform->g_idx(3) = 7"),
                        std::invalid_argument);
 }

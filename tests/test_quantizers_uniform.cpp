@@ -57,6 +57,29 @@ bool same_bits(const A& a, const B& b) {
          0;
 }
 
+// Runs the quantizers' element-wise loops on one kernel path for its lifetime.
+struct UseKernel {
+  explicit UseKernel(q2n::detail::KernelPath p) : saved(q2n::detail::kernel_path()) {
+    q2n::detail::kernel_path() = p;
+  }
+  ~UseKernel() { q2n::detail::kernel_path() = saved; }
+  q2n::detail::KernelPath saved;
+};
+
+template <class X, class P>
+auto quantize_on(q2n::detail::KernelPath path, const X& x, const P& params) {
+  UseKernel k(path);
+  return q2n::quantize_uniform(x, params);
+}
+
+q2n::RtnOptions rtn_options(int bits, Eigen::Index groupsize, bool sym = false) {
+  q2n::RtnOptions o;
+  o.grid.bits = bits;
+  o.grid.sym = sym;
+  o.groupsize = groupsize;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("rtn matches a plain scalar re-implementation bit for bit", T, Q2N_TEST_SCALARS) {
@@ -72,20 +95,20 @@ TEST_CASE_TEMPLATE("rtn matches a plain scalar re-implementation bit for bit", T
         W.row(3).setZero();               // all-zero row: range [-1, 1]
         W.row(4) = W.row(4).cwiseAbs();   // non-negative row (sym quirk)
         W.row(5) = -W.row(5).cwiseAbs();  // non-positive row
-        const auto res = q2n::rtn(W, {bits, gs, sym});
+        const auto res = q2n::rtn(W, rtn_options(bits, gs, sym));
         const Eigen::Index g = gs == -1 ? W.cols() : gs;
         const T maxq = static_cast<T>((1 << bits) - 1);
-        REQUIRE(res.storage.scales.cols() == W.cols() / g);
+        REQUIRE(res.storage.uniform->scales.cols() == W.cols() / g);
         for (Eigen::Index grp = 0; grp < W.cols() / g; ++grp) {
           std::vector<T> s, z;
           plain_fit<T>(W.middleCols(grp * g, g), bits, sym, s, z);
           for (Eigen::Index r = 0; r < W.rows(); ++r) {
-            REQUIRE(res.storage.scales(r, grp) == s[r]);
-            REQUIRE(res.storage.zeros(r, grp) == z[r]);
+            REQUIRE(res.storage.uniform->scales(r, grp) == s[r]);
+            REQUIRE(res.storage.uniform->zeros(r, grp) == z[r]);
             for (Eigen::Index j = grp * g; j < (grp + 1) * g; ++j) {
               const T c = plain_code<T>(W(r, j), s[r], z[r], maxq);
-              REQUIRE(res.storage.g_idx(j) == grp);
-              REQUIRE(res.storage.codes(r, j) == static_cast<std::uint8_t>(c));
+              REQUIRE(res.storage.uniform->g_idx(j) == grp);
+              REQUIRE(res.storage.uniform->codes(r, j) == static_cast<std::uint8_t>(c));
               REQUIRE(res.Q(r, j) == s[r] * (c - z[r]));
             }
           }
@@ -99,11 +122,11 @@ TEST_CASE_TEMPLATE("rtn accepts row-major matrices, maps and refs alike", T, Q2N
   const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Wr = W;
   const Eigen::Map<const Mat<T>> Wm(W.data(), W.rows(), W.cols());
   const Eigen::Ref<const Mat<T>> Wref(W);
-  const auto a = q2n::rtn(W, {3, 8});
-  CHECK(q2n::rtn(Wr, {3, 8}).Q == a.Q);
-  CHECK(q2n::rtn(Wm, {3, 8}).Q == a.Q);
-  CHECK(q2n::rtn(Wref, {3, 8}).Q == a.Q);
-  CHECK(q2n::rtn(W.leftCols(16), {3, 8}).Q == a.Q.leftCols(16));
+  const auto a = q2n::rtn(W, rtn_options(3, 8));
+  CHECK(q2n::rtn(Wr, rtn_options(3, 8)).Q == a.Q);
+  CHECK(q2n::rtn(Wm, rtn_options(3, 8)).Q == a.Q);
+  CHECK(q2n::rtn(Wref, rtn_options(3, 8)).Q == a.Q);
+  CHECK(q2n::rtn(W.leftCols(16), rtn_options(3, 8)).Q == a.Q.leftCols(16));
 }
 
 TEST_CASE_TEMPLATE("round half to even on exact ties, in both kernels", T, Q2N_TEST_SCALARS) {
@@ -116,8 +139,8 @@ TEST_CASE_TEMPLATE("round half to even on exact ties, in both kernels", T, Q2N_T
   Mat<T> x(rows, 3);
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < 3; ++c) x(r, c) = static_cast<T>((r - 20 + 0.5 + 7 * c) * 0.25);
-  for (auto path : {q2n::KernelPath::simd, q2n::KernelPath::scalar}) {
-    const auto q = q2n::quantize_uniform(x, p, path);
+  for (auto path : {q2n::detail::KernelPath::simd, q2n::detail::KernelPath::scalar}) {
+    const auto q = quantize_on(path, x, p);
     for (int r = 0; r < rows; ++r)
       for (int c = 0; c < 3; ++c) {
         const double t = r - 20 + 0.5 + 7 * c;  // the tie
@@ -136,7 +159,7 @@ TEST_CASE_TEMPLATE("round half to even on exact ties, in both kernels", T, Q2N_T
   p1.scale = Eigen::Matrix<T, Eigen::Dynamic, 1>::Constant(1, T(0.25));
   p1.zero = Eigen::Matrix<T, Eigen::Dynamic, 1>::Constant(1, T(8));
   p1.maxq = 15;
-  const auto q1 = q2n::quantize_uniform(y, p1, q2n::KernelPath::simd);
+  const auto q1 = quantize_on(q2n::detail::KernelPath::simd, y, p1);
   CHECK(q1.codes(0, 0) == 8);
   CHECK(q1.codes(0, 1) == 8);
 }
@@ -159,14 +182,15 @@ TEST_CASE_TEMPLATE("xsimd and scalar kernels are bit-identical on random inputs"
         x(r, c) = static_cast<T>((static_cast<int>(gen() % 31) - 15 + 0.5) * 0.0625);
     if (rows > 1) x.row(1).setZero();
     CAPTURE(trial);
-    o.kernel = q2n::KernelPath::simd;
     const auto ps = q2n::fit_uniform(x, o);
-    o.kernel = q2n::KernelPath::scalar;
-    const auto pc = q2n::fit_uniform(x, o);
+    const auto pc = [&] {
+      UseKernel k(q2n::detail::KernelPath::scalar);
+      return q2n::fit_uniform(x, o);
+    }();
     REQUIRE(same_bits(ps.scale, pc.scale));
     REQUIRE(same_bits(ps.zero, pc.zero));
-    const auto qs = q2n::quantize_uniform(x, ps, q2n::KernelPath::simd);
-    const auto qc = q2n::quantize_uniform(x, ps, q2n::KernelPath::scalar);
+    const auto qs = quantize_on(q2n::detail::KernelPath::simd, x, ps);
+    const auto qc = quantize_on(q2n::detail::KernelPath::scalar, x, ps);
     REQUIRE(same_bits(qs.codes, qc.codes));
     REQUIRE(same_bits(qs.dequantized, qc.dequantized));
     // Ties against scale = step: quantize x with params whose scale is the tie step.
@@ -174,8 +198,8 @@ TEST_CASE_TEMPLATE("xsimd and scalar kernels are bit-identical on random inputs"
     tie.scale = Eigen::Matrix<T, Eigen::Dynamic, 1>::Constant(rows, T(0.0625));
     tie.zero = Eigen::Matrix<T, Eigen::Dynamic, 1>::Constant(rows, T((1 << (bits - 1))));
     tie.maxq = static_cast<T>((1 << bits) - 1);
-    const auto ts = q2n::quantize_uniform(x, tie, q2n::KernelPath::simd);
-    const auto tc = q2n::quantize_uniform(x, tie, q2n::KernelPath::scalar);
+    const auto ts = quantize_on(q2n::detail::KernelPath::simd, x, tie);
+    const auto tc = quantize_on(q2n::detail::KernelPath::scalar, x, tie);
     REQUIRE(same_bits(ts.codes, tc.codes));
     REQUIRE(same_bits(ts.dequantized, tc.dequantized));
     ++checked;
@@ -188,18 +212,18 @@ TEST_CASE_TEMPLATE("xsimd and scalar kernels are bit-identical on random inputs"
   const Mat<T> H = (T(2) / 96) * X.transpose() * X;
   for (bool mse : {false, true}) {
     q2n::GptqOptions g;
-    g.bits = 3;
+    g.grid.bits = 3;
     g.groupsize = 16;
-    g.mse = mse;
+    g.grid.mse = mse;
     g.act_order = true;
-    g.kernel = q2n::KernelPath::simd;
     const auto a = q2n::gptq(W, H, g);
-    g.kernel = q2n::KernelPath::scalar;
-    const auto b = q2n::gptq(W, H, g);
+    const auto b = [&] {
+      UseKernel k(q2n::detail::KernelPath::scalar);
+      return q2n::gptq(W, H, g);
+    }();
     CHECK(same_bits(a.Q, b.Q));
-    CHECK(same_bits(a.storage.codes, b.storage.codes));
-    CHECK(same_bits(a.storage.scales, b.storage.scales));
-    CHECK(same_bits(q2n::dequantize(a.storage, q2n::KernelPath::scalar), a.Q));
+    CHECK(same_bits(a.storage.uniform->codes, b.storage.uniform->codes));
+    CHECK(same_bits(a.storage.uniform->scales, b.storage.uniform->scales));
   }
 }
 
@@ -253,13 +277,13 @@ TEST_CASE_TEMPLATE("MSE grid search picks the best shrink factor", T, Q2N_TEST_S
 
 TEST_CASE("uniform quantizer and rtn reject bad input") {
   const Eigen::MatrixXf W = q2n_test::gaussian<float>(4, 12, 1);
-  CHECK_THROWS_WITH_AS(q2n::rtn(W, {9}), doctest::Contains("bits = 9 is outside 2..8"),
+  CHECK_THROWS_WITH_AS(q2n::rtn(W, rtn_options(9, -1)), doctest::Contains("bits = 9 is outside 2..8"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(q2n::rtn(W, {1}), doctest::Contains("bits = 1 is outside 2..8"),
+  CHECK_THROWS_WITH_AS(q2n::rtn(W, rtn_options(1, -1)), doctest::Contains("bits = 1 is outside 2..8"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(q2n::rtn(W, {4, 5}), doctest::Contains("groupsize = 5 does not divide"),
+  CHECK_THROWS_WITH_AS(q2n::rtn(W, rtn_options(4, 5)), doctest::Contains("groupsize = 5 does not divide"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(q2n::rtn(W, {4, 0}), doctest::Contains("groupsize = 0"),
+  CHECK_THROWS_WITH_AS(q2n::rtn(W, rtn_options(4, 0)), doctest::Contains("groupsize = 0"),
                        std::invalid_argument);
   Eigen::MatrixXf bad = W;
   bad(2, 3) = NAN;
@@ -276,4 +300,39 @@ TEST_CASE("uniform quantizer and rtn reject bad input") {
   const auto p = q2n::fit_uniform(W);
   CHECK_THROWS_WITH_AS(q2n::quantize_uniform(W.topRows(2), p),
                        doctest::Contains("params has 4 rows but x has 2"), std::invalid_argument);
+  // Hand-made parameters are checked: scale finite and positive, zero an integer in [0, maxq].
+  for (float s : {0.0f, -1.0f, NAN, INFINITY}) {
+    auto q = p;
+    q.scale(1) = s;
+    CHECK_THROWS_WITH_AS(q2n::quantize_uniform(W, q), doctest::Contains("params.scale(1)"),
+                         std::invalid_argument);
+  }
+  for (float z : {-1.0f, 16.0f, 2.5f, NAN}) {
+    auto q = p;
+    q.zero(2) = z;
+    CHECK_THROWS_WITH_AS(q2n::quantize_uniform(W, q), doctest::Contains("params.zero(2)"),
+                         std::invalid_argument);
+  }
+  auto q = p;
+  q.maxq = 14;
+  CHECK_THROWS_WITH_AS(q2n::quantize_uniform(W, q), doctest::Contains("params.maxq = 14"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("a finite row whose range overflows the scalar type is refused, not quantized to NaN") {
+  // [2e38, -2e38] is finite in float, but its range 4e38 is not: the scale would be Inf and
+  // the codes NaN. Every quantizer fits its grid through the same fitter, which refuses it.
+  Eigen::MatrixXf W = q2n_test::gaussian<float>(3, 16, 2);
+  W(1, 0) = 2e38f;
+  W(1, 1) = -2e38f;
+  const Eigen::MatrixXf X = q2n_test::gaussian<float>(64, 16, 3);
+  const Eigen::MatrixXf H = (2.0f / 64) * X.transpose() * X;
+  const auto names_row = doctest::Contains("row 1 span");
+  CHECK_THROWS_WITH_AS(q2n::rtn(W), names_row, std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::gptq(W, H), names_row, std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::owq(W, H), names_row, std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::pbllm(W, H), names_row, std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::fit_uniform(W), names_row, std::invalid_argument);
+  // The same values in double are representable and quantize to finite codes.
+  CHECK(q2n::rtn(W.cast<double>().eval()).Q.allFinite());
 }

@@ -37,7 +37,7 @@ Run<T> run_with_threads(int threads, const Eigen::MatrixXd& h_shared) {
   out.kept_partial = partial.kept();
   // GPTQ from one shared H, so only GPTQ's own products differ between the runs.
   q2n::GptqOptions opt;
-  opt.bits = 3;
+  opt.grid.bits = 3;
   opt.groupsize = 128;
   out.gptq_q = q2n::gptq(w, h_shared.cast<T>().eval(), opt).Q;
   out.m = q2n::equivalent_vector(w, out.gptq_q, partial);

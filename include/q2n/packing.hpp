@@ -32,15 +32,15 @@
 /// #include <q2n/packing.hpp>
 /// #include <q2n/io/safetensors.hpp>
 ///
-/// q2n::CodeMatrix codes = ...;   // rows x cols, values in [0, 15]
-/// q2n::CodeMatrix zeros = ...;   // rows x groups, values in [0, 15]
+/// q2n::IntCodes codes = ...;   // rows x cols, values in [0, 15]
+/// q2n::IntCodes zeros = ...;   // rows x groups, values in [0, 15]
 /// Eigen::MatrixXf scales = ...;  // rows x groups
 /// q2n::io::SafetensorsWriter w;
 /// w.add("layer.qweight", q2n::pack_codes(codes, 4), q2n::io::DType::I32);
 /// w.add("layer.qzeros", q2n::pack_zeros(zeros, 4, q2n::ZeroFormat::v1), q2n::io::DType::I32);
 /// w.add("layer.scales", scales.transpose(), q2n::io::DType::F16);
 /// // and back:
-/// q2n::CodeMatrix codes2 = q2n::unpack_codes(q2n::io::SafetensorsReader(path)
+/// q2n::IntCodes codes2 = q2n::unpack_codes(q2n::io::SafetensorsReader(path)
 ///                                                .read_matrix<std::int32_t>("layer.qweight"), 4);
 /// \endcode
 
@@ -55,8 +55,9 @@
 
 namespace q2n {
 
-/// Integer codes or zero points, one per weight (rows x cols) or per group (rows x groups).
-using CodeMatrix = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic>;
+/// Integer codes or zero points as 32-bit integers, one per weight (rows x cols) or per group
+/// (rows x groups); a storage's 8-bit q2n::CodeMatrix converts with .cast<std::int32_t>().
+using IntCodes = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic>;
 
 /// Packed 32-bit words in checkpoint orientation; row-major, so its memory order is the C order
 /// of the checkpoint tensor.
@@ -192,7 +193,7 @@ PackedMatrix pack_codes(const Eigen::MatrixBase<Derived>& codes, int bits) {
 /// \param bits    code width, 2..8; words * 32 must be a multiple of bits.
 /// \return codes, rows x (words * 32 / bits), each in [0, 2^bits - 1].
 template <class Derived>
-CodeMatrix unpack_codes(const Eigen::MatrixBase<Derived>& qweight, int bits) {
+IntCodes unpack_codes(const Eigen::MatrixBase<Derived>& qweight, int bits) {
   constexpr const char* fn = "q2n::unpack_codes";
   detail::check_pack_bits(bits, fn);
   const Eigen::Index words = qweight.rows(), rows = qweight.cols();
@@ -202,7 +203,7 @@ CodeMatrix unpack_codes(const Eigen::MatrixBase<Derived>& qweight, int bits) {
                  "-bit codes; pass a qweight with a multiple of ", bits, " rows");
   }
   const Eigen::Index cols = words * 32 / bits;
-  CodeMatrix codes(rows, cols);
+  IntCodes codes(rows, cols);
   detail::with_evaluated(qweight, [&](const auto& q) {
     Eigen::Matrix<std::uint32_t, Eigen::Dynamic, 1> stream(words);
     for (Eigen::Index r = 0; r < rows; ++r) {
@@ -274,7 +275,7 @@ PackedMatrix pack_zeros(const Eigen::MatrixBase<Derived>& zeros, int bits,
 /// \param format ZeroFormat::v1 adds 1 to each stored value, ZeroFormat::v2 does not.
 /// \return zero points, rows x groups with rows = words * 32 / bits.
 template <class Derived>
-CodeMatrix unpack_zeros(const Eigen::MatrixBase<Derived>& qzeros, int bits,
+IntCodes unpack_zeros(const Eigen::MatrixBase<Derived>& qzeros, int bits,
                         ZeroFormat format = ZeroFormat::v1) {
   constexpr const char* fn = "q2n::unpack_zeros";
   detail::check_pack_bits(bits, fn);
@@ -286,7 +287,7 @@ CodeMatrix unpack_zeros(const Eigen::MatrixBase<Derived>& qzeros, int bits,
   }
   const Eigen::Index rows = words * 32 / bits;
   const std::int32_t offset = format == ZeroFormat::v1 ? 1 : 0;
-  CodeMatrix zeros(rows, groups);
+  IntCodes zeros(rows, groups);
   detail::with_evaluated(qzeros, [&](const auto& q) {
     Eigen::Matrix<std::uint32_t, Eigen::Dynamic, 1> stream(words);
     for (Eigen::Index g = 0; g < groups; ++g) {

@@ -17,17 +17,32 @@ if(ROUTE STREQUAL "find_package")
       -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DCMAKE_BUILD_TYPE=Release)
   run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
   run(${WORK_DIR}/build/consumer)
+  run(${WORK_DIR}/build/consumer_full ${WORK_DIR}/out.safetensors)
+  # A component the package does not have is reported as missing, not silently accepted.
+  file(WRITE ${WORK_DIR}/missing/CMakeLists.txt
+    "cmake_minimum_required(VERSION 3.21)\nproject(m LANGUAGES CXX)\nfind_package(q2n CONFIG REQUIRED COMPONENTS nosuch)\n")
+  execute_process(COMMAND ${CMAKE_COMMAND} -S ${WORK_DIR}/missing -B ${WORK_DIR}/missing/build
+                  -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
+  if(rc EQUAL 0)
+    message(FATAL_ERROR "find_package(q2n COMPONENTS nosuch) succeeded")
+  endif()
 elseif(ROUTE STREQUAL "add_subdirectory")
   run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build -DQ2N_ROUTE=add_subdirectory
       -DQ2N_SOURCE_DIR=${Q2N_SOURCE_DIR} -DCMAKE_BUILD_TYPE=Release)
   run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
   run(${WORK_DIR}/build/consumer)
+  run(${WORK_DIR}/build/consumer_full ${WORK_DIR}/out.safetensors)
 elseif(ROUTE STREQUAL "vendored")
-  # Copy include/ as a user vendoring the headers would, and compile with only Eigen beside it.
+  # Copy include/ as a user vendoring the headers would. The refinement compiles with only
+  # Eigen beside it; the quantizers also need xsimd and the I/O nlohmann-json (both found on
+  # the compiler's default path here, as Debian installs them).
   file(COPY ${Q2N_SOURCE_DIR}/include/ DESTINATION ${WORK_DIR}/vendor)
   run(${CXX} -std=c++17 -O1 -I${WORK_DIR}/vendor -I${EIGEN_INCLUDE}
       ${CONSUMER_DIR}/consumer.cpp -o ${WORK_DIR}/consumer)
   run(${WORK_DIR}/consumer)
+  run(${CXX} -std=c++17 -O1 -I${WORK_DIR}/vendor -I${EIGEN_INCLUDE}
+      ${CONSUMER_DIR}/consumer_full.cpp -o ${WORK_DIR}/consumer_full)
+  run(${WORK_DIR}/consumer_full ${WORK_DIR}/out.safetensors)
 else()
   message(FATAL_ERROR "unknown ROUTE '${ROUTE}'")
 endif()
