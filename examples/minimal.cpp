@@ -2,13 +2,14 @@
 //
 // A quantizer author needs only three things from q2n: the calibration statistics of the
 // layer's inputs (H for the quantizer, Ā for Q2N), the null space of Ā, and refine().
-#include <q2n/projection.hpp>  // accumulators, null space, refine
+#include <q2n/projection.hpp>  // accumulators, null space, refine, the storage model
 #include <q2n/quantizers/gptq.hpp>
 
 #include <Eigen/Core>
 
 #include <cstdio>
 #include <random>
+#include <vector>
 
 using Mat = Eigen::MatrixXf;
 
@@ -59,22 +60,25 @@ int main() {
     heldout.push_back(toy.sequence());
   }
 
-  // 2. Any quantizer: here GPTQ, 3 bits, groups of 32 columns.
-  q2n::GptqOptions gopt;
-  gopt.bits = 3;
-  gopt.groupsize = 32;
-  const Mat Q = q2n::gptq(W, H.hessian_as<float>(), gopt).Q;
+  // 2. Any quantizer: here GPTQ, 3 bits, groups of 32 columns. Its result holds the dense Q
+  //    and the storage (integer codes, per-group scales and zeros).
+  q2n::GptqOptions options;
+  options.grid.bits = 3;
+  options.groupsize = 32;
+  const q2n::QuantResult<float> quantized = q2n::gptq(W, H.hessian_as<float>(), options);
 
-  // 3. Q2N: null space of Ā, then one scale m_r per output row.
+  // 3. Q2N: the null space of Ā, then one scale m_r per output row, folded into the storage's
+  //    scales: the codes stay, and refined.Q = dequantize(refined.storage), which is diag(m) Q
+  //    up to one rounding per weight.
   const auto ns = q2n::NullSpace<float>::compute(abar.mean());
-  const q2n::Refinement<float> ref = q2n::refine(W, Q, ns, /*lambda=*/0.2);
+  const q2n::Refinement<float> refined = q2n::refine(quantized, W, ns, /*lambda=*/0.2);
 
   std::printf("kept rank r = %ld of %d (cut found: %s), m in [%.4f, %.4f]\n",
               static_cast<long>(ns.kept()), cols, ns.cut().found ? "yes" : "no",
-              ref.m.minCoeff(), ref.m.maxCoeff());
+              refined.m.minCoeff(), refined.m.maxCoeff());
   std::printf("relative output error   calibration   held-out\n");
-  std::printf("  GPTQ 3-bit            %.6f      %.6f\n", output_error(calib, W, Q),
-              output_error(heldout, W, Q));
-  std::printf("  GPTQ 3-bit + Q2N      %.6f      %.6f\n", output_error(calib, W, ref.Q),
-              output_error(heldout, W, ref.Q));
+  std::printf("  GPTQ 3-bit            %.6f      %.6f\n", output_error(calib, W, quantized.Q),
+              output_error(heldout, W, quantized.Q));
+  std::printf("  GPTQ 3-bit + Q2N      %.6f      %.6f\n", output_error(calib, W, refined.Q),
+              output_error(heldout, W, refined.Q));
 }

@@ -165,3 +165,50 @@ TEST_CASE("equivalent_vector refuses bad input") {
   CHECK_THROWS_WITH_AS(q2n::equivalent_vector(w, q, ns, -0.1), doctest::Contains("lambda = -0.1"),
                        std::invalid_argument);
 }
+
+TEST_CASE("the equivalent vector is finite and right for any finite float input") {
+  // Rows scaled far from 1: at 1e19 ‖Q_r‖² overflows float (cols · 1e38), at 1e-30 it
+  // underflows. m is invariant to scaling W and Q together except through λ (which then
+  // dominates or vanishes), so the reference is the same formula in double on the same data.
+  const Eigen::Index rows = 5, cols = 48;
+  const Eigen::MatrixXd w0 = q2n_test::gaussian<double>(rows, cols, 301);
+  const Eigen::MatrixXd q0 = (w0 * 4).array().round().matrix() / 4;
+  const auto ns = q2n::NullSpace<float>::compute(q2n_test::structured_activations<float>(12, cols, 3, 302));
+  REQUIRE(ns.kept() > 0);
+  const Eigen::MatrixXd u1 = ns.kept_basis().cast<double>();
+  for (double scale : {1e-30, 1e-19, 1.0, 1e19, 1e20, 1e30, 1e36}) {
+    CAPTURE(scale);
+    const Eigen::MatrixXf w = (w0 * scale).cast<float>(), q = (q0 * scale).cast<float>();
+    const Eigen::VectorXf m = q2n::equivalent_vector(w, q, ns);
+    const Eigen::MatrixXd wd = w.cast<double>(), qd = q.cast<double>();
+    const Eigen::MatrixXd qu = qd * u1, du = wd * u1 - qu;
+    for (Eigen::Index r = 0; r < rows; ++r) {
+      const double expect = 1 + du.row(r).dot(qu.row(r)) / (qd.row(r).squaredNorm() + 0.2);
+      REQUIRE(std::isfinite(m(r)));
+      // float's U1 and products: ~1e-6 relative on m − 1, as in the conformance tests.
+      CHECK(std::abs(double(m(r)) - expect) <= 1e-5 * std::max(1.0, std::abs(expect - 1)));
+    }
+    if (scale >= 1e19) CHECK((m.array() != 1.0f).any());  // not silently m = 1
+  }
+  // λ = 0 and a Q row 1e-30 times its W row: ‖Q_r‖² underflows, yet m_r (≈ 1e30) is
+  // representable and computed; at 1e-42 (a subnormal row) m_r is beyond float: a clear error.
+  Eigen::MatrixXf w = w0.cast<float>(), q = q0.cast<float>();
+  q.row(2) *= 1e-30f;
+  {
+    const Eigen::VectorXf m = q2n::equivalent_vector(w, q, ns, 0.0);
+    const Eigen::RowVectorXd qr = q.row(2).cast<double>();
+    const Eigen::RowVectorXd qu = qr * u1, du = w.row(2).cast<double>() * u1 - qu;
+    const double expect = 1 + du.dot(qu) / qr.squaredNorm();
+    CHECK(std::abs(double(m(2)) - expect) <= 1e-5 * std::abs(expect));
+  }
+  q.row(2) = q0.row(2).cast<float>() * 1e-42f;
+  CHECK_THROWS_AS(q2n::equivalent_vector(w, q, ns, 0.0), q2n::NumericalError);
+  // Folding an m whose product with a scale overflows is a numerical error naming the row.
+  q2n::FullPrecisionColumns<float> f;
+  f.columns = Eigen::VectorXi::LinSpaced(cols, 0, int(cols) - 1);
+  f.values = Eigen::MatrixXf::Constant(rows, cols, 1e30f);
+  auto st = q2n::StorageBuilder<float>(rows, cols, "dense").full_precision(f).build();
+  Eigen::VectorXf big = Eigen::VectorXf::Ones(rows);
+  big(3) = 1e20f;
+  CHECK_THROWS_WITH_AS(q2n::fold(st, big), doctest::Contains("m(3) = "), q2n::NumericalError);
+}

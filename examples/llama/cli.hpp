@@ -2,12 +2,9 @@
 /// \file cli.hpp
 /// Command-line options of the q2n_llama example.
 
-#include "layer_quant.hpp"
+#include "method_flags.hpp"
 
-#include <cerrno>
 #include <cstdint>
-#include <cstdlib>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,26 +15,19 @@ struct Options {
   std::string model_dir;
   std::string eval_text;
   std::string calib_text;
+  /// Every setting of the shared vocabulary (method_flags.hpp); method, grid.bits and q2n are
+  /// swept over `methods`, `bits` and the ±Q2N variants.
+  MethodSpec spec;
   std::vector<Method> methods{Method::rtn, Method::gptq, Method::owq, Method::pbllm};
   std::vector<int> bits{2, 3, 4};
-  Eigen::Index groupsize = 128;
   int nsamples = 128;
   Eigen::Index seqlen = 256;
   std::uint64_t seed = 0;
   int seeds = 1;
   std::int64_t eval_windows = -1;  ///< −1: all windows of the protocol
-  bool q2n_off = true;             ///< evaluate each method without Q2N
-  bool q2n_on = true;              ///< ... and with Q2N
+  Q2nVariants q2n{true, true};     ///< evaluate each method without and/or with Q2N
   bool q2n_down_proj = false;
   bool shared_pass = false;        ///< ±Q2N from one sequential pass (approximation)
-  double threshold = 0.1;
-  double lambda = 0.2;
-  q2n::CutRule rule = q2n::CutRule::paper;
-  double percdamp = 0.01;
-  bool act_order = false;
-  double owq_extra_bits = 0.1;
-  double pb_low_frac = 0.9;
-  int pb_high_bit = 8;
   int threads = 0;                 ///< 0: the OpenMP default
   std::string report;              ///< PATH → PATH.md, PATH.csv, PATH.jsonl
   std::string save_dir;
@@ -66,19 +56,10 @@ calibration
   --seeds N             repeat over seeds S, S+1, …, S+N−1 and report mean ± spread (default 1)
 methods
   --methods LIST        comma list of rtn,gptq,owq,pbllm, or all, or none (default all;
-                        none evaluates the float model only)
+                        none evaluates the float model only); --method is the same flag
   --bits LIST           comma list of weight bits for rtn/gptq/owq (default 2,3,4)
-  --group G             group size, 0 = one group per row (default 128)
-  --act-order           GPTQ/OWQ: process columns by decreasing diag(H)
-  --percdamp P          relative Hessian damping (default 0.01)
-  --owq-extra-bits B    OWQ: full-precision columns for target bits = bits + B (default 0.1)
-  --pb-low-frac F       PB-LLM: fraction of binarized weights (default 0.9)
-  --pb-high-bit B       PB-LLM: bits of the salient weights (default 8)
-Q2N
-  --q2n MODE            both | on | off (default both)
-  --threshold T         null-space cut threshold (default 0.1)
-  --lambda L            ridge weight toward m = 1 (default 0.2)
-  --cut-rule R          paper | plain (default paper)
+)" + method_flags_usage(MethodSpec{}) +
+         R"(  --q2n [MODE]          both | on | off (default both; a bare --q2n means on)
   --q2n-down-proj       refine mlp.down_proj too (skipped by default)
   --shared-pass         get the +Q2N model from the baseline's sequential pass (the next
                         layer then sees the unrefined layer's outputs): half the passes, an
@@ -97,30 +78,40 @@ Exit codes: 0 success, 2 bad input (message on stderr).
 
 namespace detail {
 
-inline std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(item);
+// --methods LIST: names, "all" or "none".
+inline std::vector<Method> method_list(ArgCursor& a) {
+  const std::string v = a.value();
+  if (v == "all") return {Method::rtn, Method::gptq, Method::owq, Method::pbllm};
+  std::vector<Method> out;
+  if (v != "none")
+    for (const auto& m : split_commas(v)) out.push_back(method_value(a, m));
   return out;
 }
 
-inline long long parse_int(const std::string& flag, const std::string& v, long long lo,
-                           long long hi) {
-  char* end = nullptr;
-  errno = 0;
-  const long long x = std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || errno != 0 || x < lo || x > hi)
-    fail("q2n_llama: ", flag, " ", v, " is not an integer in [", lo, ", ", hi, "]");
-  return x;
-}
-
-inline double parse_double(const std::string& flag, const std::string& v, double lo, double hi) {
-  char* end = nullptr;
-  const double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || !(x >= lo && x <= hi))
-    fail("q2n_llama: ", flag, " ", v, " is not a number in [", lo, ", ", hi, "]");
-  return x;
+// The flags of q2n_llama itself (data, calibration, sweeps, output); false for any other.
+inline bool parse_tool_flag(ArgCursor& a, Options& o) {
+  const std::string& f = a.flag();
+  if (f == "--help" || f == "-h") o.help = true;
+  else if (f == "--model") o.model_dir = a.value();
+  else if (f == "--eval-text") o.eval_text = a.value();
+  else if (f == "--calib-text") o.calib_text = a.value();
+  else if (f == "--seqlen") o.seqlen = a.int_value(2, 1 << 16);
+  else if (f == "--eval-windows") o.eval_windows = a.int_value(1, 1LL << 40);
+  else if (f == "--nsamples") o.nsamples = static_cast<int>(a.int_value(1, 1 << 20));
+  else if (f == "--seed") o.seed = static_cast<std::uint64_t>(a.int_value(0, 1LL << 62));
+  else if (f == "--seeds") o.seeds = static_cast<int>(a.int_value(1, 1000));
+  else if (f == "--methods" || f == "--method") o.methods = method_list(a);
+  else if (f == "--bits") o.bits = a.int_list(kMinBits, kMaxBits);
+  else if (f == "--q2n") o.q2n = q2n_variants(a);
+  else if (f == "--q2n-down-proj") o.q2n_down_proj = true;
+  else if (f == "--shared-pass") o.shared_pass = true;
+  else if (f == "--report") o.report = a.value();
+  else if (f == "--save") o.save_dir = a.value();
+  else if (f == "--dump-linear") o.dump_linear = a.value();
+  else if (f == "--dump-file") o.dump_file = a.value();
+  else if (f == "--threads") o.threads = static_cast<int>(a.int_value(1, 1024));
+  else return false;
+  return true;
 }
 
 }  // namespace detail
@@ -131,100 +122,14 @@ inline Options parse_options(int argc, char** argv, const std::string& data_dir)
   o.model_dir = data_dir + "/kjv-256x4";
   o.eval_text = data_dir + "/kjv_valid_head.txt";
   o.calib_text = data_dir + "/kjv_train_head.txt";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail("q2n_llama: ", a, " needs a value (see --help)");
-      return argv[++i];
-    };
-    using detail::parse_double;
-    using detail::parse_int;
-    if (a == "--help" || a == "-h") {
-      o.help = true;
-    } else if (a == "--model") {
-      o.model_dir = value();
-    } else if (a == "--eval-text") {
-      o.eval_text = value();
-    } else if (a == "--calib-text") {
-      o.calib_text = value();
-    } else if (a == "--seqlen") {
-      o.seqlen = parse_int(a, value(), 2, 1 << 16);
-    } else if (a == "--eval-windows") {
-      o.eval_windows = parse_int(a, value(), 1, 1LL << 40);
-    } else if (a == "--nsamples") {
-      o.nsamples = static_cast<int>(parse_int(a, value(), 1, 1 << 20));
-    } else if (a == "--seed") {
-      o.seed = static_cast<std::uint64_t>(parse_int(a, value(), 0, 1LL << 62));
-    } else if (a == "--seeds") {
-      o.seeds = static_cast<int>(parse_int(a, value(), 1, 1000));
-    } else if (a == "--methods") {
-      const std::string v = value();
-      o.methods.clear();
-      if (v == "all") {
-        o.methods = {Method::rtn, Method::gptq, Method::owq, Method::pbllm};
-      } else if (v != "none") {
-        for (const auto& m : detail::split_commas(v)) {
-          if (m == "rtn") o.methods.push_back(Method::rtn);
-          else if (m == "gptq") o.methods.push_back(Method::gptq);
-          else if (m == "owq") o.methods.push_back(Method::owq);
-          else if (m == "pbllm" || m == "pb-llm") o.methods.push_back(Method::pbllm);
-          else fail("q2n_llama: --methods: unknown method \"", m,
-                    "\"; use rtn, gptq, owq, pbllm, all or none");
-        }
-      }
-    } else if (a == "--bits") {
-      o.bits.clear();
-      for (const auto& b : detail::split_commas(value()))
-        o.bits.push_back(static_cast<int>(parse_int(a, b, 2, 8)));
-      if (o.bits.empty()) fail("q2n_llama: --bits needs at least one value");
-    } else if (a == "--group") {
-      const long long g = parse_int(a, value(), 0, 1 << 20);
-      o.groupsize = g == 0 ? -1 : g;
-    } else if (a == "--act-order") {
-      o.act_order = true;
-    } else if (a == "--percdamp") {
-      o.percdamp = parse_double(a, value(), 0, 10);
-    } else if (a == "--owq-extra-bits") {
-      o.owq_extra_bits = parse_double(a, value(), 0, 8);
-    } else if (a == "--pb-low-frac") {
-      o.pb_low_frac = parse_double(a, value(), 0, 1);
-    } else if (a == "--pb-high-bit") {
-      o.pb_high_bit = static_cast<int>(parse_int(a, value(), 2, 8));
-    } else if (a == "--q2n") {
-      const std::string v = value();
-      if (v == "both") o.q2n_off = o.q2n_on = true;
-      else if (v == "on") o.q2n_off = false, o.q2n_on = true;
-      else if (v == "off") o.q2n_off = true, o.q2n_on = false;
-      else fail("q2n_llama: --q2n ", v, " is not one of both, on, off");
-    } else if (a == "--threshold") {
-      o.threshold = parse_double(a, value(), 1e-12, 1e12);
-    } else if (a == "--lambda") {
-      o.lambda = parse_double(a, value(), 0, 1e12);
-    } else if (a == "--cut-rule") {
-      const std::string v = value();
-      if (v == "paper") o.rule = q2n::CutRule::paper;
-      else if (v == "plain") o.rule = q2n::CutRule::plain;
-      else fail("q2n_llama: --cut-rule ", v, " is not one of paper, plain");
-    } else if (a == "--q2n-down-proj") {
-      o.q2n_down_proj = true;
-    } else if (a == "--shared-pass") {
-      o.shared_pass = true;
-    } else if (a == "--report") {
-      o.report = value();
-    } else if (a == "--save") {
-      o.save_dir = value();
-    } else if (a == "--dump-linear") {
-      o.dump_linear = value();
-    } else if (a == "--dump-file") {
-      o.dump_file = value();
-    } else if (a == "--threads") {
-      o.threads = static_cast<int>(parse_int(a, value(), 1, 1024));
-    } else {
-      fail("q2n_llama: unknown option ", a, " (see --help)");
-    }
-  }
+  ArgCursor a(argc, argv, "q2n_llama");
+  // The tool's own flags first: --bits and --q2n are sweeps here, single values in q2n-layer.
+  while (a.next())
+    if (!detail::parse_tool_flag(a, o) && !parse_method_flag(a, o.spec))
+      a.fail("unknown option ", a.flag(), " (see --help)");
+  check_method_flags(a, o.spec);
   if (o.dump_linear.empty() != o.dump_file.empty())
-    fail("q2n_llama: --dump-linear and --dump-file go together");
+    a.fail("--dump-linear and --dump-file go together");
   return o;
 }
 

@@ -1,26 +1,33 @@
 #pragma once
 /// \file layer_quant.hpp
-/// Quantizing ONE linear layer from its calibration statistics: the single function both the
-/// end-to-end example and a standalone per-layer tool call, so the two cannot drift apart.
+/// Quantizing ONE linear layer from its calibration statistics: the single function both
+/// q2n_llama (through sequential.hpp) and q2n-layer (q2n_layer/q2n_layer.cpp) call, so the two
+/// cannot drift apart.
 ///
 ///   quantize_linear(W, H, null_space, spec):
 ///     1. run the selected quantizer (RTN / GPTQ / OWQ / PB-LLM) on W with Hessian H;
-///     2. if spec.q2n, refine its result with the Q2N plug-in (scales multiplied by m);
-///     3. measure the relative output error on the calibration inputs before and after.
+///     2. if spec.q2n, refine its result with the Q2N plug-in (m folded into a copy of the
+///        storage: refine_linear, which q2n-layer also applies to a Q given from outside).
+///   measure_errors(result, error): the relative output error before and after Q2N, with the
+///   caller's measure (q2n_llama: from H; q2n-layer: on the stored activations).
+///
+/// MethodSpec holds the library's option parts (grid, damping, sweep, null space), and the
+/// mapping to each quantizer's options is written once, here.
 
-#include "model.hpp"
+#include "config.hpp"
 
-#include <q2n/projection.hpp>
 #include <q2n/quantizers.hpp>
 
 #include <Eigen/Core>
 
 #include <chrono>
+#include <optional>
 #include <string>
+#include <utility>
 
 namespace llama {
 
-/// The quantization algorithms the example compares.
+/// The quantization algorithms the examples compare.
 enum class Method { rtn, gptq, owq, pbllm };
 
 inline const char* method_name(Method m) {
@@ -33,19 +40,36 @@ inline const char* method_name(Method m) {
   return "";
 }
 
-/// Everything that defines how one linear layer is quantized.
+/// The method called `name` ("pb-llm" is accepted for PB-LLM), or nothing.
+inline std::optional<Method> find_method(const std::string& name) {
+  for (Method m : {Method::rtn, Method::gptq, Method::owq, Method::pbllm})
+    if (name == method_name(m)) return m;
+  if (name == "pb-llm") return Method::pbllm;
+  return std::nullopt;
+}
+
+/// Everything that defines how one linear layer is quantized. The command-line vocabulary
+/// that fills it is in method_flags.hpp.
 struct MethodSpec {
   Method method = Method::gptq;
-  int bits = 3;                   ///< RTN / GPTQ / OWQ weight bits
-  Eigen::Index groupsize = 128;   ///< −1: one group per row
-  double percdamp = 0.01;         ///< GPTQ / OWQ / PB-LLM relative damping
-  bool act_order = false;         ///< GPTQ / OWQ: process columns by decreasing diag(H)
-  double owq_extra_bits = 0.1;    ///< OWQ: average extra bits spent on full-precision columns
-  double pb_low_frac = 0.9;       ///< PB-LLM: fraction of weights binarized
-  int pb_high_bit = 8;            ///< PB-LLM: bits of the salient weights
-  bool q2n = false;               ///< apply the Q2N refinement
-  double lambda = 0.2;            ///< Q2N ridge weight
-  q2n::NullSpaceOptions null_space;  ///< Q2N threshold and cut rule
+  q2n::UniformOptions grid = {3};   ///< RTN / GPTQ / OWQ grid: bits, sym, mse
+  Eigen::Index groupsize = 128;     ///< −1: one group per row (PB-LLM: its salience groups)
+  bool act_order = false;           ///< GPTQ / OWQ: process columns by decreasing diag(H)
+  bool static_groups = false;       ///< GPTQ: fit all groups up front
+  q2n::DampingOptions damping;      ///< GPTQ / OWQ / PB-LLM
+  q2n::SweepOptions sweep;          ///< GPTQ / OWQ / PB-LLM
+  /// OWQ's full-precision columns, first that is set: a count (≥ 0), an average bit target
+  /// (> 0), else a target of grid.bits + owq_extra_bits (relative, so that it follows a sweep
+  /// over bits).
+  Eigen::Index owq_columns = -1;
+  double owq_target_bits = 0;
+  double owq_extra_bits = 0.1;
+  double pb_low_frac = 0.9;         ///< PB-LLM: fraction of weights binarized
+  q2n::UniformOptions pb_high = {8};  ///< PB-LLM: grid of the salient weights
+  q2n::Salience pb_salience = q2n::Salience::hessian;
+  bool q2n = false;                 ///< apply the Q2N refinement
+  double lambda = 0.2;              ///< Q2N ridge weight
+  q2n::NullSpaceOptions null_space; ///< Q2N threshold and cut rule
 };
 
 /// Short label such as "gptq w3 g128 +q2n".
@@ -53,69 +77,141 @@ inline std::string spec_label(const MethodSpec& s) {
   std::string l = method_name(s.method);
   if (s.method == Method::pbllm) {
     l += " low" + std::to_string(static_cast<int>(s.pb_low_frac * 100 + 0.5)) + "% hi" +
-         std::to_string(s.pb_high_bit);
+         std::to_string(s.pb_high.bits);
   } else {
-    l += " w" + std::to_string(s.bits) +
+    l += " w" + std::to_string(s.grid.bits) +
          (s.groupsize > 0 ? " g" + std::to_string(s.groupsize) : std::string(" per-row"));
   }
   return l + (s.q2n ? " +q2n" : "");
 }
 
-/// OWQ's full-precision column count for a layer with `cols` inputs (target = bits + extra).
+/// OWQ's full-precision column count for a layer with `cols` inputs.
 inline Eigen::Index owq_columns(const MethodSpec& s, Eigen::Index cols) {
-  return q2n::owq_outlier_count(cols, s.bits, s.bits + s.owq_extra_bits);
-}
-
-/// Runs the selected quantizer (no Q2N) on W (out × in) with Hessian H.
-template <class DW, class DH>
-q2n::QuantResult<float> run_quantizer(const Eigen::MatrixBase<DW>& W,
-                                      const Eigen::MatrixBase<DH>& H, const MethodSpec& s) {
-  switch (s.method) {
-    case Method::rtn: {
-      q2n::RtnOptions o;
-      o.bits = s.bits;
-      o.groupsize = s.groupsize;
-      return q2n::rtn(W, o);
-    }
-    case Method::gptq: {
-      q2n::GptqOptions o;
-      o.bits = s.bits;
-      o.groupsize = s.groupsize;
-      o.act_order = s.act_order;
-      o.percdamp = s.percdamp;
-      return q2n::gptq(W, H, o);
-    }
-    case Method::owq: {
-      q2n::OwqOptions o;
-      o.bits = s.bits;
-      o.groupsize = s.groupsize;
-      o.act_order = s.act_order;
-      o.percdamp = s.percdamp;
-      o.outlier_columns = owq_columns(s, W.cols());
-      return q2n::owq(W, H, o);
-    }
-    case Method::pbllm: {
-      q2n::PbllmOptions o;
-      o.low_frac = s.pb_low_frac;
-      o.high_bits = s.pb_high_bit;
-      o.groupsize = s.groupsize;
-      o.percdamp = s.percdamp;
-      return q2n::pbllm(W, H, o);
-    }
-  }
-  fail("llama::run_quantizer: unknown method");
+  if (s.owq_columns >= 0) return s.owq_columns;
+  const double target = s.owq_target_bits > 0 ? s.owq_target_bits : s.grid.bits + s.owq_extra_bits;
+  return q2n::owq_outlier_count(cols, s.grid.bits, target);
 }
 
 /// Average stored bits per weight the method spends on weight values (scales excluded).
 inline double weight_bits(const MethodSpec& s, Eigen::Index cols) {
   switch (s.method) {
-    case Method::pbllm: return s.pb_low_frac * 1.0 + (1.0 - s.pb_low_frac) * s.pb_high_bit;
+    case Method::pbllm: return s.pb_low_frac * 1.0 + (1.0 - s.pb_low_frac) * s.pb_high.bits;
     case Method::owq: {
       const double n_out = static_cast<double>(owq_columns(s, cols));
-      return (s.bits * (cols - n_out) + 16.0 * n_out) / cols;
+      return (s.grid.bits * (cols - n_out) + 16.0 * n_out) / cols;
     }
-    default: return s.bits;
+    default: return s.grid.bits;
   }
+}
+
+namespace detail {
+// The parts GPTQ, OWQ and PB-LLM share: groups, damping and the column sweep.
+template <class Options>
+Options second_order_options(const MethodSpec& s) {
+  Options o;
+  o.groupsize = s.groupsize;
+  o.damping = s.damping;
+  o.sweep = s.sweep;
+  return o;
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+inline void require_null_space(const MethodSpec& spec, const q2n::NullSpace<float>* ns,
+                               const char* fn) {
+  if (spec.q2n && ns == nullptr) fail(fn, ": spec.q2n is set but no null space was given");
+}
+}  // namespace detail
+
+/// Runs the selected quantizer (no Q2N) on W (out × in) with Hessian H (in × in, any form;
+/// an rvalue float matrix is consumed as the quantizer's working copy; RTN ignores it).
+template <class DH>
+q2n::QuantResult<float> run_quantizer(const Eigen::MatrixXf& W, DH&& H, const MethodSpec& s) {
+  switch (s.method) {
+    case Method::rtn: {
+      q2n::RtnOptions o;
+      o.grid = s.grid;
+      o.groupsize = s.groupsize;
+      return q2n::rtn(W, o);
+    }
+    case Method::gptq: {
+      auto o = detail::second_order_options<q2n::GptqOptions>(s);
+      o.grid = s.grid;
+      o.act_order = s.act_order;
+      o.static_groups = s.static_groups;
+      return q2n::gptq(W, std::forward<DH>(H), o);
+    }
+    case Method::owq: {
+      auto o = detail::second_order_options<q2n::OwqOptions>(s);
+      o.grid = s.grid;
+      o.act_order = s.act_order;
+      o.outlier_columns = owq_columns(s, W.cols());
+      return q2n::owq(W, std::forward<DH>(H), o);
+    }
+    case Method::pbllm: {
+      auto o = detail::second_order_options<q2n::PbllmOptions>(s);
+      o.low_frac = s.pb_low_frac;
+      o.high = s.pb_high;
+      o.salience = s.pb_salience;
+      return q2n::pbllm(W, std::forward<DH>(H), o);
+    }
+  }
+  fail("llama::run_quantizer: unknown method");
+}
+
+/// Result of quantizing one linear layer. Both storages are kept: the quantizer's, and with
+/// Q2N the refined one, so that a shared ±Q2N pass can hand each model its own.
+struct LinearResult {
+  q2n::QuantResult<float> quantized;              ///< the quantizer's output, before Q2N
+  std::optional<q2n::Refinement<float>> refined;  ///< with Q2N: m folded into its storage
+  double err_before = 0;  ///< relative output error of quantized.Q
+  double err_after = 0;   ///< ... of final_result().Q (= err_before without Q2N)
+  double refine_seconds = 0;
+
+  bool q2n_applied() const { return refined.has_value(); }
+  /// What the layer ends up with: the refined result when Q2N ran, else the quantizer's.
+  const q2n::QuantResult<float>& final_result() const {
+    return refined ? *refined : quantized;
+  }
+  q2n::QuantResult<float>& final_result() { return refined ? *refined : quantized; }
+};
+
+/// Step 2 alone: with spec.q2n, refines `quantized` (any storage, e.g. a Q given from outside
+/// wrapped by q2n::full_precision_result) with the null space `ns`.
+/// \param W original weights (out × in), the ones `quantized` was made from
+inline LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen::MatrixXf& W,
+                                  const q2n::NullSpace<float>* ns, const MethodSpec& spec) {
+  detail::require_null_space(spec, ns, "llama::refine_linear");
+  LinearResult out;
+  out.quantized = std::move(quantized);
+  if (spec.q2n) {
+    const auto t0 = std::chrono::steady_clock::now();
+    out.refined = q2n::refine(out.quantized, W, *ns, spec.lambda);
+    out.refine_seconds = detail::seconds_since(t0);
+  }
+  return out;
+}
+
+/// Quantizes one linear layer: the quantizer of `spec`, then Q2N when spec.q2n.
+/// \param W  weights (out × in)
+/// \param H  calibration Hessian of the layer's inputs (in × in), in any form (see run_quantizer)
+/// \param ns null space of the layer's sample-averaged inputs; required when spec.q2n
+template <class DH>
+LinearResult quantize_linear(const Eigen::MatrixXf& W, DH&& H, const q2n::NullSpace<float>* ns,
+                             const MethodSpec& spec) {
+  // Checked before the quantizer runs, which may take minutes.
+  detail::require_null_space(spec, ns, "llama::quantize_linear");
+  return refine_linear(run_quantizer(W, std::forward<DH>(H), spec), W, ns, spec);
+}
+
+/// Fills r.err_before and r.err_after with `error(Q)`, the caller's relative output error of a
+/// quantized Q (the tools measure it differently: from H, or on the activations).
+template <class ErrorFn>
+void measure_errors(LinearResult& r, ErrorFn&& error) {
+  r.err_before = error(r.quantized.Q);
+  r.err_after = r.refined ? error(r.refined->Q) : r.err_before;
 }
 
 /// ‖X Aᵀ‖²_F up to the constant N/2, computed from H ∝ XᵀX as tr(A H Aᵀ) (no activations).
@@ -124,58 +220,24 @@ inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXd& H) 
 }
 
 /// Relative output error on the calibration inputs, ‖X(Q−W)ᵀ‖²_F / ‖XWᵀ‖²_F, computed from
-/// H ∝ XᵀX as tr(D H Dᵀ) / tr(W H Wᵀ) with D = Q − W.
-inline double relative_output_error(const Matrix& W, const Matrix& Q, const Eigen::MatrixXd& H) {
-  const Eigen::MatrixXd w = W.cast<double>();
-  const double den = output_energy(w, H);
-  return den > 0 ? output_energy(Q.cast<double>() - w, H) / den : 0.0;
-}
+/// H ∝ XᵀX as tr(D H Dᵀ) / tr(W H Wᵀ) with D = Q − W; the denominator is computed once per W.
+class HessianOutputError {
+ public:
+  HessianOutputError(const Eigen::MatrixXf& W, const Eigen::MatrixXd& H)
+      : w_(W.cast<double>()), h_(H), den_(output_energy(w_, H)) {}
+  double operator()(const Eigen::MatrixXf& Q) const {
+    return den_ > 0 ? output_energy(Q.cast<double>() - w_, h_) / den_ : 0.0;
+  }
 
-/// Result of quantizing one linear layer.
-struct LinearResult {
-  Matrix Q;                 ///< final fake-quantized weights (refined when Q2N ran)
-  Matrix Q_before;          ///< the quantizer's output before Q2N (equal to Q without Q2N)
-  Eigen::VectorXf m;        ///< Q2N equivalent vector (empty without Q2N)
-  q2n::Cut cut;             ///< Q2N cut (found = false without Q2N)
-  bool q2n_applied = false;
-  double err_before = 0;    ///< relative output error of Q_before
-  double err_after = 0;     ///< relative output error of Q
-  q2n::QuantDiagnostics diagnostics;
-  double seconds = 0;
+ private:
+  Eigen::MatrixXd w_;
+  const Eigen::MatrixXd& h_;
+  double den_;
 };
 
-/// Quantizes one linear layer.
-/// \param W  weights (out × in), float
-/// \param H  calibration Hessian of the layer's inputs (in × in), double
-/// \param ns null space of the layer's sample-averaged inputs; required when spec.q2n
-/// \param spec method and settings
-inline LinearResult quantize_linear(const Matrix& W, const Eigen::MatrixXd& H,
-                                    const q2n::NullSpace<float>* ns, const MethodSpec& spec) {
-  const auto t0 = std::chrono::steady_clock::now();
-  if (spec.q2n && ns == nullptr)
-    fail("llama::quantize_linear: spec.q2n is set but no null space was given");
-  const Eigen::MatrixXf w = W;
-  q2n::QuantResult<float> res = run_quantizer(w, H, spec);
-  LinearResult out;
-  out.diagnostics = res.diagnostics;
-  out.Q_before = res.Q;
-  if (spec.q2n) {
-    q2n::RefinedResult<float> ref = q2n::refine_quantized(res, w, *ns, spec.lambda);
-    res = std::move(ref.result);
-    out.m = std::move(ref.m);
-    out.q2n_applied = true;
-    out.cut = ref.cut;
-  }
-  out.Q = res.Q;
-  const Eigen::MatrixXd wd = W.cast<double>();
-  const double den = output_energy(wd, H);
-  auto rel = [&](const Matrix& q) {
-    return den > 0 ? output_energy(q.cast<double>() - wd, H) / den : 0.0;
-  };
-  out.err_before = rel(out.Q_before);
-  out.err_after = spec.q2n ? rel(out.Q) : out.err_before;
-  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return out;
+inline double relative_output_error(const Eigen::MatrixXf& W, const Eigen::MatrixXf& Q,
+                                    const Eigen::MatrixXd& H) {
+  return HessianOutputError(W, H)(Q);
 }
 
 }  // namespace llama

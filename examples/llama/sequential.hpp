@@ -12,7 +12,6 @@
 #include <q2n/accumulators.hpp>
 #include <q2n/null_space.hpp>
 
-#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -78,7 +77,8 @@ inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_me
   return st;
 }
 
-/// What happened to one linear layer during a pass.
+/// What happened to one linear layer during a pass: its result keeps the storage (refined
+/// when Q2N ran) but not the dense Q, which the pass's model holds.
 struct LinearRecord {
   int layer = 0;
   Proj proj = Proj::q;
@@ -106,7 +106,6 @@ struct PassResult {
   Model model;        ///< the quantized model (with shared_twin: the baseline, unrefined)
   Model twin;         ///< with shared_twin: the +Q2N model
   std::vector<LinearRecord> records;
-  double seconds = 0;
 };
 
 namespace detail {
@@ -127,16 +126,20 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
     LinearRecord rec;
     rec.layer = layer;
     rec.proj = p;
-    rec.result = quantize_linear(lin.weight, stats.hessian, ns ? &*ns : nullptr, spec);
+    const Eigen::MatrixXf W = lin.weight;
+    // H stays ours (a const lvalue: the quantizer converts a copy): the errors need it.
+    rec.result = quantize_linear(W, stats.hessian, ns ? &*ns : nullptr, spec);
+    measure_errors(rec.result, HessianOutputError(W, stats.hessian));
     if (opt.on_linear) opt.on_linear(layer, p, inputs, stats, lin.weight, rec.result);
     if (twin) {
-      twin->linear(p).weight = rec.result.Q;
-      lin.weight = rec.result.Q_before;
+      twin->linear(p).weight = rec.result.final_result().Q;
+      lin.weight = rec.result.quantized.Q;
     } else {
-      lin.weight = rec.result.Q;
+      lin.weight = rec.result.final_result().Q;
     }
-    rec.result.Q.resize(0, 0);  // the model holds it now
-    rec.result.Q_before.resize(0, 0);
+    // The model holds the dense weights now; the record keeps the storage.
+    rec.result.quantized.Q.resize(0, 0);
+    if (rec.result.refined) rec.result.refined->Q.resize(0, 0);
     records.push_back(std::move(rec));
   }
 }
@@ -147,7 +150,6 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
 /// quantized copy.
 inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
                                       const PassOptions& opt) {
-  const auto t0 = std::chrono::steady_clock::now();
   PassResult out;
   out.model = fp;
   Model& m = out.model;
@@ -185,7 +187,6 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
     x = h + y;
     if (opt.on_layer) opt.on_layer(i, n_layers);
   }
-  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }
 

@@ -8,7 +8,6 @@
 //   The second form compares the Q that q2n-layer wrote for the same dump with the example's:
 //   bit for bit, or within a relative Frobenius distance T.
 #include <q2n/io/safetensors.hpp>
-#include <q2n/projection.hpp>
 #include <q2n/quantizers.hpp>
 
 #include <cstdlib>
@@ -59,12 +58,13 @@ int main(int argc, char** argv) {
     q2n::io::SafetensorsReader in(argv[1]);
     const auto& meta = in.metadata();
     auto num = [&](const char* k) { return std::stod(meta.at(k)); };
+    auto flag = [&](const char* k) { return meta.at(k) == "1"; };
     const std::string method = meta.at("method");
     const int bits = std::stoi(meta.at("bits"));
     const Eigen::Index group = std::stol(meta.at("groupsize"));
     const Eigen::Index seqlen = std::stol(meta.at("seqlen"));
     const int shards = std::stoi(meta.at("hessian_shards"));
-    const bool q2n_on = meta.at("q2n") == "1";
+    const bool q2n_on = flag("q2n");
     std::cout << "layer " << meta.at("layer") << " " << meta.at("module") << ": " << method
               << " w" << bits << " g" << group << (q2n_on ? " +q2n" : "") << "\n";
 
@@ -87,30 +87,46 @@ int main(int argc, char** argv) {
     expect_equal("H", H, in.read_matrix<double>("hessian"));
     expect_equal("abar", abar, in.read_matrix<double>("abar"));
 
+    // The quantizer with the dumped settings, written out here rather than through the
+    // example's MethodSpec mapping: this is the independent side of the comparison.
+    q2n::UniformOptions grid;
+    grid.bits = bits;
+    grid.sym = flag("sym");
+    grid.mse = flag("mse");
+    // GPTQ, OWQ and PB-LLM share groups, damping and the sweep.
+    auto second_order = [&](auto o) {
+      o.groupsize = group;
+      o.damping.percdamp = num("percdamp");
+      o.sweep.blocksize = std::stol(meta.at("blocksize"));
+      return o;
+    };
     q2n::QuantResult<float> res;
     if (method == "rtn") {
-      res = q2n::rtn(W, {bits, group});
-    } else if (method == "gptq") {
-      q2n::GptqOptions o;
-      o.bits = bits;
+      q2n::RtnOptions o;
+      o.grid = grid;
       o.groupsize = group;
-      o.act_order = meta.at("act_order") == "1";
-      o.percdamp = num("percdamp");
+      res = q2n::rtn(W, o);
+    } else if (method == "gptq") {
+      auto o = second_order(q2n::GptqOptions{});
+      o.grid = grid;
+      o.act_order = flag("act_order");
+      o.static_groups = flag("static_groups");
       res = q2n::gptq(W, H, o);
     } else if (method == "owq") {
-      q2n::OwqOptions o;
-      o.bits = bits;
-      o.groupsize = group;
-      o.act_order = meta.at("act_order") == "1";
-      o.percdamp = num("percdamp");
-      o.target_bits = bits + num("owq_extra_bits");
+      auto o = second_order(q2n::OwqOptions{});
+      o.grid = grid;
+      o.act_order = flag("act_order");
+      const long columns = std::stol(meta.at("owq_columns"));
+      if (columns >= 0) o.outlier_columns = columns;
+      else if (num("owq_target_bits") > 0) o.target_bits = num("owq_target_bits");
+      else o.target_bits = bits + num("owq_extra_bits");
       res = q2n::owq(W, H, o);
     } else if (method == "pbllm") {
-      q2n::PbllmOptions o;
+      auto o = second_order(q2n::PbllmOptions{});
       o.low_frac = num("pb_low_frac");
-      o.high_bits = std::stoi(meta.at("pb_high_bit"));
-      o.groupsize = group;
-      o.percdamp = num("percdamp");
+      o.high.bits = std::stoi(meta.at("pb_high_bit"));
+      o.salience = meta.at("pb_salience") == "magnitude" ? q2n::Salience::magnitude
+                                                         : q2n::Salience::hessian;
       res = q2n::pbllm(W, H, o);
     } else {
       std::cerr << "unknown method " << method << "\n";
@@ -122,10 +138,10 @@ int main(int argc, char** argv) {
       nso.threshold = num("threshold");
       nso.rule = meta.at("cut_rule") == "plain" ? q2n::CutRule::plain : q2n::CutRule::paper;
       const auto ns = q2n::NullSpace<float>::compute(abar, nso);
-      const auto ref = q2n::refine_quantized(res, W, ns, num("lambda"));
+      const q2n::Refinement<float> ref = q2n::refine(res, W, ns, num("lambda"));
       std::cout << "     kept rank " << ns.kept() << " of " << X.cols() << "\n";
       expect_equal("m", ref.m, in.read_matrix<float>("m"));
-      expect_equal("Q after Q2N", ref.result.Q, in.read_matrix<float>("Q"));
+      expect_equal("Q after Q2N", ref.Q, in.read_matrix<float>("Q"));
       if (ns.kept() > 0 && (ref.m.array() != 1.0f).count() == 0) {
         std::cout << "FAIL the refinement changed nothing although a cut was found\n";
         ++failures;

@@ -1,4 +1,5 @@
 // Tests of the example's Llama forward pass, evaluation protocol and sequential calibration.
+#include "llama/method_flags.hpp"
 #include "llama/sequential.hpp"
 #include "tiny_model.hpp"
 
@@ -276,7 +277,7 @@ TEST_CASE("the shared pass reproduces the separate baseline pass and refines the
   const llama::Calibration calib = llama::capture_layer0_inputs(m, text, 32, 6, 3);
   llama::PassOptions base;
   base.spec.method = llama::Method::gptq;
-  base.spec.bits = 3;
+  base.spec.grid.bits = 3;
   base.spec.groupsize = 8;
   const llama::PassResult sep = llama::quantize_sequential(m, calib, base);
   llama::PassOptions shared = base;
@@ -298,7 +299,90 @@ TEST_CASE("the shared pass reproduces the separate baseline pass and refines the
   CHECK(sh.twin.layers[0].down.weight == sh.model.layers[0].down.weight);
   // Every record's error after refinement is measured on the same inputs as before.
   for (const auto& r : sq.records) {
-    CHECK(r.result.q2n_applied == (r.proj != llama::Proj::down));
+    CHECK(r.result.q2n_applied() == (r.proj != llama::Proj::down));
     CHECK(std::isfinite(r.result.err_after));
   }
+}
+
+TEST_CASE("the pass records keep each layer's storage, refined when Q2N ran") {
+  const llama::Model m = llama_test::make_tiny_model({});
+  const llama::Calibration calib =
+      llama::capture_layer0_inputs(m, sample_tokens(4000, 12), 32, 6, 4);
+  llama::PassOptions opt;
+  opt.spec.method = llama::Method::owq;
+  opt.spec.grid.bits = 3;
+  opt.spec.groupsize = 8;
+  opt.spec.q2n = true;
+  const llama::PassResult r = llama::quantize_sequential(m, calib, opt);
+  REQUIRE(r.records.size() == 7 * m.layers.size());
+  for (const auto& rec : r.records) {
+    CAPTURE(rec.layer);
+    CAPTURE(llama::proj_name(rec.proj));
+    const auto& storage = rec.result.final_result().storage;
+    CHECK(storage.method == "owq");
+    CHECK(storage.full_precision.has_value());
+    // The dense Q went to the model; the storage reproduces it bit for bit.
+    const llama::Matrix Q = q2n::dequantize(storage);
+    CHECK(Q == r.model.layers[static_cast<std::size_t>(rec.layer)].linear(rec.proj).weight);
+    if (rec.result.q2n_applied()) CHECK(rec.result.refined->m.size() == Q.rows());
+  }
+}
+
+namespace {
+// Parses `flags` (after a tool name) with the shared vocabulary.
+llama::MethodSpec parse_flags(std::vector<std::string> flags) {
+  flags.insert(flags.begin(), "tool");
+  std::vector<char*> argv;
+  for (auto& f : flags) argv.push_back(f.data());
+  llama::ArgCursor a(static_cast<int>(argv.size()), argv.data(), "tool");
+  llama::MethodSpec s;
+  while (a.next())
+    if (!llama::parse_method_flag(a, s)) a.fail("unknown option ", a.flag());
+  llama::check_method_flags(a, s);
+  return s;
+}
+}  // namespace
+
+TEST_CASE("the shared method flags fill the spec's library option parts") {
+  const llama::MethodSpec s = parse_flags(
+      {"--bits", "2", "--group", "64", "--sym", "--mse", "--act-order", "--static-groups",
+       "--percdamp", "0.05", "--blocksize", "32", "--owq-columns", "4", "--pb-low-frac", "0.8",
+       "--pb-high-bits", "6", "--pb-salience", "magnitude", "--q2n", "--threshold", "0.2",
+       "--lambda", "0.5", "--cut-rule", "plain"});
+  CHECK(s.grid.bits == 2);
+  CHECK(s.groupsize == 64);
+  CHECK(s.grid.sym);
+  CHECK(s.grid.mse);
+  CHECK(s.act_order);
+  CHECK(s.static_groups);
+  CHECK(s.damping.percdamp == 0.05);
+  CHECK(s.sweep.blocksize == 32);
+  CHECK(s.owq_columns == 4);
+  CHECK(llama::owq_columns(s, 256) == 4);
+  CHECK(s.pb_low_frac == 0.8);
+  CHECK(s.pb_high.bits == 6);
+  CHECK(s.pb_salience == q2n::Salience::magnitude);
+  CHECK(s.q2n);
+  CHECK(s.null_space.threshold == 0.2);
+  CHECK(s.lambda == 0.5);
+  CHECK(s.null_space.rule == q2n::CutRule::plain);
+  // 0 and the library's -1 both mean one group per row; --pb-high-bit is the earlier spelling.
+  CHECK(parse_flags({"--group", "0"}).groupsize == -1);
+  CHECK(parse_flags({"--group", "-1"}).groupsize == -1);
+  CHECK(parse_flags({"--pb-high-bit", "4"}).pb_high.bits == 4);
+  CHECK(!parse_flags({"--q2n", "off"}).q2n);
+}
+
+TEST_CASE("the shared method flags reject incomplete numbers, naming the flag") {
+  for (const char* bad : {"3abc", "3.9", "", " 3", "9", "1"})
+    CHECK_THROWS_WITH_AS(parse_flags({"--bits", bad}), doctest::Contains("tool: --bits"),
+                         std::invalid_argument);
+  CHECK_THROWS_WITH_AS(parse_flags({"--percdamp", "0.1x"}),
+                       doctest::Contains("--percdamp 0.1x is not a number"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(parse_flags({"--lambda"}), doctest::Contains("--lambda needs a value"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(parse_flags({"--q2n", "both"}), doctest::Contains("--q2n both"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(parse_flags({"--owq-columns", "4", "--owq-target-bits", "3.1"}),
+                       doctest::Contains("not both"), std::invalid_argument);
 }

@@ -39,7 +39,10 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
 #include <type_traits>
 
 namespace q2n {
@@ -54,6 +57,34 @@ void check_pair(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DQ>& Q, 
   require_shape(Q, W.rows(), W.cols(), fn, "Q (must match W)");
   require_finite(W, fn, "W");
   require_finite(Q, fn, "Q");
+}
+
+/// True when a row's ‖Q_r‖² or ⟨(W_r − Q_r)U1, Q_r U1⟩ overflowed, or ‖Q_r‖² of a non-zero row
+/// fell below the normal range (its digits lost to underflow).
+template <class DQ, class Scalar>
+bool extreme_row(const Eigen::MatrixBase<DQ>& q, Scalar inner, Scalar norm2) {
+  if (!std::isfinite(inner) || !std::isfinite(norm2)) return true;
+  return norm2 < std::numeric_limits<Scalar>::min() && q.cwiseAbs().maxCoeff() > Scalar(0);
+}
+
+/// inner and den of one row, from the row scaled by 2^−e with 2^e just above Q_r's largest
+/// magnitude (W_r's when Q_r is zero): ‖Q_r‖² is then of order one, and the scaling is exact.
+/// What can still overflow is W_r's scale relative to Q_r's, where m itself is out of range.
+template <class DW, class DQ, class Basis, class Scalar>
+void scaled_row(const Eigen::MatrixBase<DW>& w, const Eigen::MatrixBase<DQ>& q, const Basis& u1,
+                double lambda, Scalar& inner, Scalar& den) {
+  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+  const Scalar qmax = q.cwiseAbs().maxCoeff(), wmax = w.cwiseAbs().maxCoeff();
+  const Scalar big = qmax > Scalar(0) ? qmax : wmax;
+  const int e = big > Scalar(0) ? std::ilogb(big) + 1 : 0;
+  const Row ws = w.unaryExpr([e](Scalar x) { return std::ldexp(x, -e); });
+  const Row qs = q.unaryExpr([e](Scalar x) { return std::ldexp(x, -e); });
+  const Row qu = qs * u1;
+  const Row du = ws * u1 - qu;
+  inner = du.dot(qu);
+  // λ / 2^(2e) in double first: it may be far outside Scalar's range (then it dominates or
+  // vanishes, which is the right limit either way).
+  den = qs.squaredNorm() + static_cast<Scalar>(std::ldexp(lambda, -2 * e));
 }
 
 inline void check_lambda(double lambda, const char* fn) {
@@ -87,11 +118,21 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> equivalent_vector(const Eigen::MatrixBa
   Matrix qu = Q * u1;                 // rows × r
   Matrix du = W * u1;
   du -= qu;                           // (W − Q) U1
-  const Vector inner = du.cwiseProduct(qu).rowwise().sum();
-  const Vector den = Q.rowwise().squaredNorm().array() + static_cast<Scalar>(lambda);
+  Vector inner = du.cwiseProduct(qu).rowwise().sum();
+  Vector den = Q.rowwise().squaredNorm().array() + static_cast<Scalar>(lambda);
+  // Rows whose squares overflowed or lost precision to underflow are recomputed from rows
+  // scaled by a power of two (exact), so that any finite input gives a finite m.
+  for (Eigen::Index r = 0; r < W.rows(); ++r)
+    if (detail::extreme_row(Q.row(r), inner(r), den(r) - static_cast<Scalar>(lambda)))
+      detail::scaled_row(W.row(r), Q.row(r), u1, lambda, inner(r), den(r));
   // den == 0 only for a zero row with λ = 0: then every m fits equally; keep m = 1.
-  return (den.array() > 0).select(Vector::Ones(W.rows()).array() + inner.array() / den.array(),
+  const Vector m = (den.array() > 0).select(Vector::Ones(W.rows()).array() + inner.array() / den.array(),
                                   Scalar(1));
+  if (!m.allFinite())
+    throw NumericalError(std::string(fn) + ": m is out of the scalar type's range in some "
+                         "row: its Q row is negligible next to its W row; pass lambda > 0 or "
+                         "compute in double");
+  return m;
 }
 
 /// Result of refine(): a quantizer result with its Q2N equivalent vector.

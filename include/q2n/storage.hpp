@@ -49,6 +49,7 @@
 
 #include <q2n/detail/check.hpp>
 #include <q2n/diagnostics.hpp>
+#include <q2n/errors.hpp>
 
 #include <Eigen/Core>
 
@@ -316,6 +317,17 @@ void check_storage(const QuantStorage<Scalar>& s, const char* fn) {
 
 }  // namespace detail
 
+namespace detail {
+/// M ← M T (transpose = false) or M ← M Tᵀ, through T's own action on Mᵀ.
+template <class Scalar>
+void apply_from_right(const OrthogonalTransform<Scalar>& T,
+                      Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& M, bool transpose) {
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> Mt = M.transpose();
+  T.apply(Mt, !transpose);  // (M T)ᵀ = Tᵀ Mᵀ, (M Tᵀ)ᵀ = T Mᵀ
+  M = Mt.transpose();
+}
+}  // namespace detail
+
 /// The stored matrix Q̃ (rows × cols, in the storage's own basis: no transforms applied).
 /// Per column: a full-precision column copies its values; otherwise the base grid's value,
 /// replaced by `signs · alpha + mean` for binarized entries.
@@ -366,11 +378,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> dequantize(const QuantStor
   Matrix Q = dequantize_stored(storage);
   const auto& t = storage.transforms;
   if (t.output) t.output->apply(Q, /*transpose=*/true);           // Uᵀ Q̃
-  if (t.input) {                                                   // (Vᵀ (Uᵀ Q̃)ᵀ)ᵀ = Uᵀ Q̃ V
-    Matrix Qt = Q.transpose();
-    t.input->apply(Qt, /*transpose=*/true);
-    Q = Qt.transpose();
-  }
+  if (t.input) detail::apply_from_right(*t.input, Q, /*transpose=*/false);   // Uᵀ Q̃ V
   if (t.input_scale.size() != 0) Q = Q * t.input_scale.cwiseInverse().asDiagonal();
   return Q;
 }
@@ -386,11 +394,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> to_stored_basis(
   const auto& t = storage.transforms;
   Matrix out = W;
   if (t.input_scale.size() != 0) out = out * t.input_scale.asDiagonal();
-  if (t.input) {
-    Matrix ot = out.transpose();
-    t.input->apply(ot, /*transpose=*/false);  // V (W diag(s))ᵀ
-    out = ot.transpose();
-  }
+  if (t.input) detail::apply_from_right(*t.input, out, /*transpose=*/true);  // W diag(s) Vᵀ
   if (t.output) t.output->apply(out, /*transpose=*/false);
   return out;
 }
@@ -407,11 +411,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> activations_to_stored_basi
   const auto& t = storage.transforms;
   Matrix out = A;
   if (t.input_scale.size() != 0) out = out * t.input_scale.cwiseInverse().asDiagonal();
-  if (t.input) {
-    Matrix ot = out.transpose();
-    t.input->apply(ot, /*transpose=*/false);
-    out = ot.transpose();
-  }
+  if (t.input) detail::apply_from_right(*t.input, out, /*transpose=*/true);
   return out;
 }
 
@@ -420,6 +420,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> activations_to_stored_basi
 /// multiplied by m_r row by row; codes, zero points, masks, signs and transforms are unchanged.
 /// \param storage modified in place
 /// \param m rows entries, finite
+/// \throws NumericalError when a folded value overflows the scalar type
 template <class Scalar, class DM>
 void fold(QuantStorage<Scalar>& storage, const Eigen::MatrixBase<DM>& m) {
   static_assert(std::is_same_v<typename DM::Scalar, Scalar>,
@@ -431,15 +432,25 @@ void fold(QuantStorage<Scalar>& storage, const Eigen::MatrixBase<DM>& m) {
                  " rows; pass one m entry per row");
   detail::require_finite(m, fn, "m");
   const auto D = m.asDiagonal();
+  // A product can overflow although m and the part are finite: say so, naming the row.
+  auto scale = [&](auto& part, const char* name) {
+    part = D * part;
+    if (part.allFinite()) return;
+    Eigen::Index r = 0;
+    part.cwiseAbs().rowwise().maxCoeff().maxCoeff(&r);
+    throw NumericalError(std::string(fn) + ": m(" + std::to_string(r) + ") = " +
+                         std::to_string(static_cast<double>(m(r))) + " times " + name +
+                         " overflows the scalar type; refine in double");
+  };
   if (auto& u = storage.uniform) {
-    u->scales = D * u->scales;
-    if (u->form == AffineForm::offset) u->offsets = D * u->offsets;
+    scale(u->scales, "storage.uniform->scales");
+    if (u->form == AffineForm::offset) scale(u->offsets, "storage.uniform->offsets");
   }
-  if (auto& c = storage.codebook) c->values = D * c->values;
-  if (auto& f = storage.full_precision) f->values = D * f->values;
+  if (auto& c = storage.codebook) scale(c->values, "storage.codebook->values");
+  if (auto& f = storage.full_precision) scale(f->values, "storage.full_precision->values");
   if (auto& b = storage.binarized) {
-    b->alpha = D * b->alpha;
-    b->mean = D * b->mean;
+    scale(b->alpha, "storage.binarized->alpha");
+    scale(b->mean, "storage.binarized->mean");
   }
 }
 

@@ -74,13 +74,7 @@ QuantResult<Scalar> gptq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   const bool static_groups = grouped && options.static_groups;
 
   QuantDiagnostics diag;
-  UniformGrid<Scalar> u;
-  u.bits = options.grid.bits;
-  u.sym = options.grid.sym;
-  u.codes = CodeMatrix::Zero(rows, cols);
-  u.scales.resize(rows, groups);
-  u.zeros.resize(rows, groups);
-  u.g_idx.resize(cols);
+  UniformGrid<Scalar> u = empty_grid<Scalar>(options.grid, rows, cols, groups);
   UniformFitter<Scalar> fitter(rows, to_spec(options.grid), fn);
 
   if (!grouped) fitter.fit(w.data(), rows, cols, u.scales.col(0).data(), u.zeros.col(0).data());

@@ -14,6 +14,7 @@
 
 #include <q2n/detail/quant_checks.hpp>
 #include <q2n/detail/uniform_fit.hpp>
+#include <q2n/storage.hpp>
 
 namespace q2n {
 
@@ -56,6 +57,20 @@ inline UniformSpec to_spec(const UniformOptions& o) {
   s.mse_grid = o.mse_grid;
   s.mse_maxshrink = o.mse_maxshrink;
   return s;
+}
+
+/// A uniform grid of `groups` groups per row with every code zero, to be filled by a quantizer.
+template <class Scalar>
+UniformGrid<Scalar> empty_grid(const UniformOptions& o, Eigen::Index rows, Eigen::Index cols,
+                               Eigen::Index groups) {
+  UniformGrid<Scalar> u;
+  u.bits = o.bits;
+  u.sym = o.sym;
+  u.codes = CodeMatrix::Zero(rows, cols);
+  u.scales.resize(rows, groups);
+  u.zeros.resize(rows, groups);
+  u.g_idx = Eigen::VectorXi::Zero(cols);
+  return u;
 }
 
 inline void check_grid(const UniformOptions& o, const char* fn, const char* name = "grid.bits") {

@@ -134,13 +134,8 @@ QuantResult<Scalar> owq_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynami
   for (Index k = 0; k < n_out; ++k) perm.push_back(by_score[k]);
 
   QuantDiagnostics diag;
-  UniformGrid<Scalar> u;
-  u.bits = options.grid.bits;
-  u.sym = options.grid.sym;
-  u.codes = CodeMatrix::Zero(rows, cols);
-  u.scales.resize(rows, groups);
-  u.zeros.resize(rows, groups);
-  u.g_idx = Eigen::VectorXi::Constant(cols, -1);
+  UniformGrid<Scalar> u = empty_grid<Scalar>(options.grid, rows, cols, groups);
+  u.g_idx.setConstant(-1);  // set as the columns are quantized; kept columns stay -1
 
   Matrix wp = permute_columns(w, perm);
   w.resize(0, 0);

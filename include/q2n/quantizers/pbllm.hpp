@@ -84,13 +84,7 @@ QuantResult<Scalar> pbllm_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dyna
   const Index bin_groups = cols / bg;
 
   QuantDiagnostics diag;
-  UniformGrid<Scalar> u;
-  u.bits = options.high.bits;
-  u.sym = options.high.sym;
-  u.codes = CodeMatrix::Zero(rows, cols);
-  u.scales.resize(rows, 1);
-  u.zeros.resize(rows, 1);
-  u.g_idx = Eigen::VectorXi::Zero(cols);
+  UniformGrid<Scalar> u = empty_grid<Scalar>(options.high, rows, cols, 1);
   BinarizedEntries<Scalar> b;
   b.salient.resize(rows, cols);
   b.signs = Eigen::Matrix<std::int8_t, Eigen::Dynamic, Eigen::Dynamic>::Zero(rows, cols);

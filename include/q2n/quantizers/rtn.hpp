@@ -35,12 +35,7 @@ QuantResult<Scalar> rtn_impl(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::
   const Index gs = options.groupsize == -1 ? cols : options.groupsize;
   const Index groups = cols / gs;
 
-  UniformGrid<Scalar> u;
-  u.bits = options.grid.bits;
-  u.sym = options.grid.sym;
-  u.codes.resize(rows, cols);
-  u.scales.resize(rows, groups);
-  u.zeros.resize(rows, groups);
+  UniformGrid<Scalar> u = empty_grid<Scalar>(options.grid, rows, cols, groups);
   u.g_idx = group_index(cols, options.groupsize);
   UniformFitter<Scalar> fitter(rows, to_spec(options.grid), fn);
   Eigen::Matrix<Scalar, Eigen::Dynamic, 1> xhat(rows);
