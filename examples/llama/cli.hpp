@@ -72,7 +72,7 @@ output
                         statistics and result (e.g. 1.self_attn.o_proj) for a standalone check
   --threads N           OpenMP / Eigen threads (default: OpenMP's default)
   --help
-Exit codes: 0 success, 2 bad input (message on stderr).
+Exit codes: 0 success, 2 bad input or a failed run (message on stderr naming the flag or file).
 )";
 }
 

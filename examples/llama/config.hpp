@@ -3,22 +3,14 @@
 /// The architecture description of a Llama / Qwen2-style causal LM, read from a Hugging Face
 /// `config.json`.
 
+#include "files.hpp"
+
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-#include <sstream>
-#include <stdexcept>
+#include <cmath>
 #include <string>
 
 namespace llama {
-
-/// Builds a message from streamable parts and throws std::invalid_argument with it.
-template <class... Parts>
-[[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  throw std::invalid_argument(os.str());
-}
 
 /// Architecture hyper-parameters (the subset of a Hugging Face config this forward pass uses).
 struct Config {
@@ -49,13 +41,14 @@ inline int positive_int(const nlohmann::json& j, const std::string& path, const 
   return static_cast<int>(v.get<long long>());
 }
 
-inline double positive_number(const nlohmann::json& j, const std::string& path, const char* key,
-                              double fallback) {
+/// An optional number in [lo, hi] (the range where the forward pass stays finite).
+inline double number_in(const nlohmann::json& j, const std::string& path, const char* key,
+                        double fallback, double lo, double hi) {
   if (!j.contains(key) || j.at(key).is_null()) return fallback;
   const auto& v = j.at(key);
-  if (!v.is_number() || !(v.get<double>() > 0))
-    fail("llama::load_config: ", path, ": \"", key, "\" = ", v.dump(),
-         " must be a positive number");
+  if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi))
+    fail("llama::load_config: ", path, ": \"", key, "\" = ", v.dump(), " must be a number in [",
+         lo, ", ", hi, "]");
   return v.get<double>();
 }
 
@@ -67,16 +60,7 @@ inline double positive_number(const nlohmann::json& j, const std::string& path, 
 ///         the file is missing, is not JSON, lacks a key, or describes something this forward
 ///         pass does not implement (another activation, RoPE scaling, sliding windows).
 inline Config load_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in)
-    fail("llama::load_config: cannot open ", path,
-         "; pass --model DIR with a directory that holds config.json and model.safetensors");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("llama::load_config: ", path, " is not valid JSON (", e.what(), ")");
-  }
+  const nlohmann::json j = read_json(path, 1 << 20, "the model's config.json");
   if (!j.is_object()) fail("llama::load_config: ", path, " must hold a JSON object");
 
   Config c;
@@ -106,8 +90,10 @@ inline Config load_config(const std::string& path) {
          " is not a multiple of num_key_value_heads = ", c.num_key_value_heads);
   if (j.contains("max_position_embeddings") && !j["max_position_embeddings"].is_null())
     c.max_position_embeddings = detail::positive_int(j, path, "max_position_embeddings");
-  c.rms_norm_eps = detail::positive_number(j, path, "rms_norm_eps", 1e-6);
-  c.rope_theta = detail::positive_number(j, path, "rope_theta", 10000.0);
+  // RMSNorm's epsilon is a small positive number; RoPE's base is > 1 (its inverse powers must
+  // stay in float's range: 1e-300 would make every angle infinite).
+  c.rms_norm_eps = detail::number_in(j, path, "rms_norm_eps", 1e-6, 1e-30, 1);
+  c.rope_theta = detail::number_in(j, path, "rope_theta", 10000.0, 1, 1e12);
   if (j.contains("tie_word_embeddings")) {
     if (!j["tie_word_embeddings"].is_boolean())
       fail("llama::load_config: ", path, ": \"tie_word_embeddings\" must be true or false");

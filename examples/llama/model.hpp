@@ -102,20 +102,20 @@ class Checkpoint {
       open(single);
       for (const auto& n : readers_.back()->names()) where_[n] = 0;
     } else if (fs::is_regular_file(index)) {
-      std::ifstream in(index);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::parse_error& e) {
-        fail("llama::load_model: ", index, " is not valid JSON (", e.what(), ")");
-      }
-      if (!j.contains("weight_map") || !j["weight_map"].is_object())
+      const nlohmann::json j = read_json(index, 64 << 20, "the checkpoint's shard index");
+      if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         fail("llama::load_model: ", index, " has no \"weight_map\" object");
       std::map<std::string, std::size_t> shard_of_file;
       for (const auto& [name, file] : j["weight_map"].items()) {
         if (!file.is_string())
           fail("llama::load_model: ", index, ": weight_map[\"", name, "\"] is not a file name");
         const std::string f = file.get<std::string>();
+        // Shards are files of the model directory itself: a name with a path separator (or
+        // "..") could point anywhere on the machine.
+        if (f.empty() || f == "." || f == ".." || f.find('/') != std::string::npos ||
+            f.find('\\') != std::string::npos)
+          fail("llama::load_model: ", index, ": weight_map[\"", name, "\"] = \"", f,
+               "\" is not a file name inside ", dir);
         auto it = shard_of_file.find(f);
         if (it == shard_of_file.end()) {
           open(dir + "/" + f);
@@ -138,7 +138,17 @@ class Checkpoint {
     const auto& info = reader->info(name);
     const std::vector<std::int64_t> want{rows, cols};
     check(info, path, name, want, why);
-    return reader->template read_matrix<float>(name);
+    Matrix m = reader->template read_matrix<float>(name);
+    require_finite(m, path, name);
+    return m;
+  }
+
+  /// Number of decoder layers the checkpoint holds: i such that model.layers.{i}.* exist for
+  /// every i below it.
+  int layer_count() const {
+    int n = 0;
+    while (contains("model.layers." + std::to_string(n) + ".input_layernorm.weight")) ++n;
+    return n;
   }
 
   /// Reads a 1-D tensor as a float vector after checking its length.
@@ -146,7 +156,9 @@ class Checkpoint {
     const auto& [reader, path] = locate(name);
     check(reader->info(name), path, name, {n}, why);
     const std::vector<float> flat = reader->template read_flat<float>(name);
-    return Eigen::Map<const Vector>(flat.data(), static_cast<Eigen::Index>(flat.size()));
+    Vector v = Eigen::Map<const Vector>(flat.data(), static_cast<Eigen::Index>(flat.size()));
+    require_finite(v, path, name);
+    return v;
   }
 
  private:
@@ -169,6 +181,14 @@ class Checkpoint {
            paths_.empty() ? std::string("the checkpoint") : paths_.front(),
            "; the checkpoint does not match the Llama/Qwen2 layout");
     return {readers_[it->second].get(), paths_[it->second]};
+  }
+
+  // A NaN or Inf weight (or one that overflows float) would turn every perplexity into NaN.
+  template <class M>
+  static void require_finite(const M& m, const std::string& path, const std::string& name) {
+    if (!m.allFinite())
+      fail("llama::load_model: ", path, ": tensor \"", name,
+           "\" holds NaN or Inf values (or values beyond float's range)");
   }
 
   static std::string shape_str(const std::vector<std::int64_t>& s) {
@@ -223,6 +243,10 @@ inline Model load_model(const std::string& dir) {
   const std::int64_t qdim = std::int64_t{c.num_attention_heads} * c.head_dim;
   const std::int64_t kvdim = std::int64_t{c.num_key_value_heads} * c.head_dim;
 
+  // The layer count is checked against the file before anything is allocated for the layers.
+  if (const int present = ck.layer_count(); present != c.num_hidden_layers)
+    fail("llama::load_model: ", dir, "/config.json says num_hidden_layers = ",
+         c.num_hidden_layers, " but the checkpoint holds ", present, " layers");
   m.embed = ck.matrix("model.embed_tokens.weight", c.vocab_size, h, "vocab_size x hidden_size");
   m.layers.resize(static_cast<std::size_t>(c.num_hidden_layers));
   for (int i = 0; i < c.num_hidden_layers; ++i) {

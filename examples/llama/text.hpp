@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -26,10 +27,9 @@ namespace llama {
 /// fewer than `min_bytes` bytes (`what` says what the bytes are needed for).
 inline std::vector<std::uint8_t> read_bytes(const std::string& path, std::size_t min_bytes,
                                             const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("llama::read_bytes: cannot open ", path, " (", what, ")");
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                                  std::istreambuf_iterator<char>());
+  // 1 GiB: far beyond any calibration or evaluation text, far below the machine's memory.
+  const std::string text = read_regular_file(path, std::uintmax_t{1} << 30, what);
+  const std::vector<std::uint8_t> bytes(text.begin(), text.end());
   if (bytes.size() < min_bytes)
     fail("llama::read_bytes: ", path, " has ", bytes.size(), " bytes but ", what, " needs at least ",
          min_bytes, " (one window of inputs plus its next-byte target)");
@@ -73,6 +73,10 @@ inline Perplexity perplexity(const Model& m, const std::vector<std::uint8_t>& te
   }
   Perplexity r;
   for (double v : nll) r.nll += v;
+  // Finite weights can still overflow float inside the forward pass: refuse, never print NaN.
+  if (!std::isfinite(r.nll))
+    throw std::runtime_error("llama::perplexity: the model's log-likelihood is not finite "
+                             "(its activations overflow float); the weights are unusable");
   r.windows = n;
   r.predictions = n * T;
   return r;

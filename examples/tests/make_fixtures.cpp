@@ -4,8 +4,20 @@
 //   missing_tensor/  the same, but lm_head untied in config.json and absent from the file
 //   malformed/       a config.json that is not valid JSON
 //   short.txt        100 bytes of text: shorter than one 256-byte window
+// and hostile inputs, each of which must be refused with a message naming the file:
+//   deep/            config.json nested 300,000 arrays deep
+//   big_number/      config.json with a number beyond double's range (1e400)
+//   bad_rope/        rope_theta = 1e-300 (every rotary angle would be infinite)
+//   many_layers/     num_hidden_layers = 10,000,000 with the 2-layer tiny checkpoint
+//   nan_weight/      the tiny model with one NaN weight
+//   escape/          a sharded index whose shard name points outside the model directory
+//   config_dir/      config.json is a directory
+//   fifo.txt         a named pipe (reading it would block forever)
 #include "tiny_model.hpp"
 
+#include <sys/stat.h>
+
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -43,6 +55,37 @@ int main(int argc, char** argv) {
     write_text(out + "/malformed/config.json", "{\"hidden_size\": 16, \"num_hidden_layers\": ");
 
     write_text(out + "/short.txt", std::string(100, 'a'));
+
+    std::filesystem::create_directories(out + "/deep");
+    write_text(out + "/deep/config.json", std::string(300000, '[') + std::string(300000, ']'));
+
+    // The tiny model with one config value written verbatim (1e400 has no JSON value).
+    auto with_config = [&](const std::string& name, const std::string& key, const std::string& value) {
+      llama::save_model(tiny, out + "/" + name);
+      nlohmann::json patched = tiny.config.raw;
+      patched.erase(key);
+      std::string text = patched.dump(2);
+      text.insert(text.rfind('}'), ",\n  \"" + key + "\": " + value + "\n");
+      write_text(out + "/" + name + "/config.json", text);
+    };
+    with_config("big_number", "rms_norm_eps", "1e400");
+    with_config("bad_rope", "rope_theta", "1e-300");
+    with_config("many_layers", "num_hidden_layers", "10000000");
+
+    llama::Model nan = tiny;
+    nan.layers[1].up.weight(2, 3) = NAN;
+    llama::save_model(nan, out + "/nan_weight");
+
+    llama::save_model(tiny, out + "/escape");
+    std::filesystem::rename(out + "/escape/model.safetensors", out + "/escape/shard-1.safetensors");
+    write_text(out + "/escape/model.safetensors.index.json",
+               R"({"weight_map": {"model.norm.weight": "../../../../etc/passwd"}})");
+
+    std::filesystem::create_directories(out + "/config_dir/config.json");
+
+    const std::string fifo = out + "/fifo.txt";
+    std::filesystem::remove(fifo);
+    if (mkfifo(fifo.c_str(), 0600) != 0) throw std::runtime_error("make_fixtures: mkfifo " + fifo);
     return 0;
   } catch (const std::exception& e) {
     std::cerr << e.what() << "\n";
