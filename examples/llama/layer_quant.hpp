@@ -9,13 +9,15 @@
 ///     2. if spec.q2n, refine its result with the Q2N plug-in (m folded into a copy of the
 ///        storage: refine_linear, which q2n-layer also applies to a Q given from outside).
 ///   measure_errors(result, error): the relative output error before and after Q2N, with the
-///   caller's measure (q2n_llama: from H; q2n-layer: on the stored activations).
+///   caller's measure (from H; q2n-layer uses the stored activations when they are fewer
+///   than the inputs).
 ///
 /// MethodSpec holds the library's option parts (grid, damping, sweep, null space), and the
 /// mapping to each quantizer's options is written once, here.
 
 #include "config.hpp"
 
+#include <q2n/detail/parallel.hpp>
 #include <q2n/quantizers.hpp>
 
 #include <Eigen/Core>
@@ -216,7 +218,9 @@ void measure_errors(LinearResult& r, ErrorFn&& error) {
 
 /// ‖X Aᵀ‖²_F up to the constant N/2, computed from H ∝ XᵀX as tr(A H Aᵀ) (no activations).
 inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXd& H) {
-  return ((A * H).cwiseProduct(A)).sum();
+  Eigen::MatrixXd ah(A.rows(), H.cols());
+  q2n::detail::panel_product(ah, A, H, 1.0, false);  // the same bits on any number of threads
+  return ah.cwiseProduct(A).sum();
 }
 
 /// Relative output error on the calibration inputs, ‖X(Q−W)ᵀ‖²_F / ‖XWᵀ‖²_F, computed from

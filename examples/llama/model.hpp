@@ -5,6 +5,7 @@
 
 #include "config.hpp"
 
+#include <q2n/detail/parallel.hpp>
 #include <q2n/io/safetensors.hpp>
 
 #include <Eigen/Core>
@@ -32,9 +33,12 @@ struct Linear {
   Eigen::Index in_features() const { return weight.cols(); }
   Eigen::Index out_features() const { return weight.rows(); }
 
-  /// y = x Wᵀ + b for a batch of tokens x (n × in).
+  /// y = x Wᵀ + b for a batch of tokens x (n × in). The product is split into fixed panels
+  /// (q2n's thread-count-independent product), so the example's numbers are the same on any
+  /// number of cores.
   void apply(const Matrix& x, Matrix& y) const {
-    y.noalias() = x * weight.transpose();
+    y.resize(x.rows(), weight.rows());
+    q2n::detail::panel_product(y, x, weight.transpose(), 1.0f, false);
     if (has_bias()) y.rowwise() += bias.transpose();
   }
 };

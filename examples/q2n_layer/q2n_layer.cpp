@@ -94,7 +94,8 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// ‖X (Q − W)ᵀ‖² / ‖X Wᵀ‖² over all tokens, in token chunks (float products, double sums).
+// ‖X (Q − W)ᵀ‖² / ‖X Wᵀ‖² over all tokens, in token chunks (float products, double sums);
+// used when there are fewer tokens than inputs (otherwise the error goes through H).
 double relative_output_error(const Matrix& x, const Matrix& w, const Matrix& q) {
   const Matrix d = q - w;
   double num = 0, den = 0;
@@ -215,11 +216,18 @@ int run(const Args& a) {
     ns = q2n::NullSpace<float>::compute(abar, a.spec.null_space);
     lap("null_space");
   }
+  // H over all tokens: for the quantizer (GPTQ, OWQ, PB-LLM) and, when there are more tokens
+  // than inputs, for the output error too (tr(D H Dᵀ) costs rows·cols² instead of
+  // tokens·rows·cols). The double sums are kept only when the error needs them.
+  const bool quantizer_needs_h = !a.given && a.spec.method != llama::Method::rtn;
+  const bool error_through_h = x.rows() > w.cols();
+  std::optional<q2n::HessianAccumulator> hacc;
   Matrix h;
-  if (!a.given && a.spec.method != llama::Method::rtn) {
-    q2n::HessianAccumulator acc(w.cols());
-    for_each_sequence(l, [&](const auto& seq) { acc.add(seq); });
-    h = acc.hessian_as<float>();
+  if (quantizer_needs_h || error_through_h) {
+    hacc.emplace(w.cols());
+    for_each_sequence(l, [&](const auto& seq) { hacc->add(seq); });
+    if (quantizer_needs_h) h = hacc->hessian_as<float>();
+    if (!error_through_h) hacc.reset();
     lap("statistics");
   }
 
@@ -232,7 +240,14 @@ int run(const Args& a) {
     seconds["quantize"] -= r.refine_seconds;
     seconds["refine"] += r.refine_seconds;
   }
-  llama::measure_errors(r, [&](const Matrix& q) { return relative_output_error(x, w, q); });
+  if (error_through_h) {
+    const Eigen::MatrixXd hd = hacc->hessian();
+    hacc.reset();
+    const llama::HessianOutputError error(w, hd);
+    llama::measure_errors(r, error);
+  } else {
+    llama::measure_errors(r, [&](const Matrix& q) { return relative_output_error(x, w, q); });
+  }
   lap("error");
 
   q2n::io::SafetensorsWriter out;

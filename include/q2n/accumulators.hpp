@@ -6,6 +6,7 @@
 /// combine with merge() into exactly the statistic of all their tokens together.
 
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/parallel.hpp>
 
 #include <Eigen/Core>
 
@@ -53,7 +54,8 @@ class HessianAccumulator {
     Mat panel(cols_, std::min(kPanel, cols_));
     for (Eigen::Index j0 = 0; j0 < cols_; j0 += kPanel) {
       const Eigen::Index w = std::min(kPanel, cols_ - j0), h = cols_ - j0;
-      panel.topLeftCorner(h, w).noalias() = x.rightCols(h).transpose() * x.middleCols(j0, w);
+      detail::panel_product(panel.topLeftCorner(h, w), x.rightCols(h).transpose(),
+                            x.middleCols(j0, w), S(1), false);  // thread-count independent
       sum_.block(j0, j0, h, w) += panel.topLeftCorner(h, w).template cast<double>();
     }
     tokens_ += tokens.rows();

@@ -32,6 +32,7 @@
 
 #include <q2n/accumulators.hpp>
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/parallel.hpp>
 #include <q2n/errors.hpp>
 #include <q2n/null_space.hpp>
 #include <q2n/spectrum.hpp>
@@ -115,9 +116,11 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, 1> equivalent_vector(const Eigen::MatrixBa
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   if (ns.kept() == 0) return Vector::Ones(W.rows());
   const auto& u1 = ns.kept_basis();
-  Matrix qu = Q * u1;                 // rows × r
-  Matrix du = W * u1;
-  du -= qu;                           // (W − Q) U1
+  // Thread-count-independent products (detail/parallel.hpp).
+  Matrix qu(W.rows(), u1.cols()), du(W.rows(), u1.cols());
+  detail::panel_product(qu, Q, u1, Scalar(1), false);  // Q U1, rows × r
+  detail::panel_product(du, W, u1, Scalar(1), false);
+  du -= qu;                                            // (W − Q) U1
   Vector inner = du.cwiseProduct(qu).rowwise().sum();
   Vector den = Q.rowwise().squaredNorm().array() + static_cast<Scalar>(lambda);
   // Rows whose squares overflowed or lost precision to underflow are recomputed from rows

@@ -20,6 +20,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <q2n/detail/diagnostics.hpp>
+#include <q2n/detail/parallel.hpp>
 #include <q2n/detail/stopwatch.hpp>
 
 namespace q2n::detail {
@@ -65,12 +66,13 @@ void gptq_sweep(Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& W,
         for (Index c = i + 1; c < s1; ++c) W1.col(c) -= U(k, i1 + c) * Err1.col(i);
       }
       if (s1 < count)
-        W1.middleCols(s1, count - s1).noalias() -=
-            Err1.middleCols(s0, s1 - s0) * U.block(i1 + s0, i1 + s1, s1 - s0, count - s1);
+        panel_product(W1.middleCols(s1, count - s1), Err1.middleCols(s0, s1 - s0),
+                      U.block(i1 + s0, i1 + s1, s1 - s0, count - s1), T(-1), true);
     }
     if (i2 < cols) {
       const auto t0 = Clock::now();
-      W.rightCols(cols - i2).noalias() -= Err1.leftCols(count) * U.block(i1, i2, count, cols - i2);
+      panel_product(W.rightCols(cols - i2), Err1.leftCols(count), U.block(i1, i2, count, cols - i2),
+                    T(-1), true);
       lazy += seconds_since(t0);
     }
   }

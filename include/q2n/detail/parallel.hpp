@@ -1,0 +1,63 @@
+#pragma once
+/// \file detail/parallel.hpp
+/// Matrix products whose rounding does not depend on the thread count.
+///
+/// Eigen's own multithreaded GEMM chooses its depth blocking (kc) from the number of threads,
+/// so the same product rounds differently on 1 and 2 threads. Here the output is cut into
+/// panels of a fixed width along its longer side, each panel is one single-threaded Eigen
+/// product (Eigen runs serially inside an OpenMP parallel region), and the panels are shared
+/// among the threads.
+/// Every output entry is then computed by the same kernel with the same blocking whatever the
+/// number of threads (and whether OpenMP is on at all). Called from inside the caller's own
+/// parallel region, the panels run one after the other on the calling thread (Eigen is serial
+/// there too).
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <type_traits>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace q2n::detail {
+
+/// Width of the output panels: wide enough for Eigen's kernels to reach full speed, narrow
+/// enough to give two cores several panels at LLM sizes.
+inline constexpr Eigen::Index kPanel = 256;
+
+/// dst = alpha · lhs · rhs + beta · dst (beta 0 or 1), dst with the shape of lhs · rhs.
+template <class Dst, class Lhs, class Rhs>
+void panel_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, typename std::decay_t<Dst>::Scalar alpha,
+                   bool accumulate) {
+  const bool by_rows = dst.rows() > dst.cols();
+  const Eigen::Index len = by_rows ? dst.rows() : dst.cols();
+  const Eigen::Index panels = (len + kPanel - 1) / kPanel;
+  auto panel = [&](Eigen::Index p) {
+    const Eigen::Index a = p * kPanel, n = std::min(kPanel, len - a);
+    if (by_rows) {
+      if (accumulate)
+        dst.middleRows(a, n).noalias() += alpha * (lhs.middleRows(a, n) * rhs);
+      else
+        dst.middleRows(a, n).noalias() = alpha * (lhs.middleRows(a, n) * rhs);
+    } else {
+      if (accumulate)
+        dst.middleCols(a, n).noalias() += alpha * (lhs * rhs.middleCols(a, n));
+      else
+        dst.middleCols(a, n).noalias() = alpha * (lhs * rhs.middleCols(a, n));
+    }
+  };
+#if defined(_OPENMP)
+  // Outside a parallel region, open one even for a single panel: Eigen computes serially
+  // exactly when its team has more than one thread or only one thread is available.
+  if (!omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index p = 0; p < panels; ++p) panel(p);
+    return;
+  }
+#endif
+  for (Eigen::Index p = 0; p < panels; ++p) panel(p);
+}
+
+}  // namespace q2n::detail
