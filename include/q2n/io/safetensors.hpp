@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "../detail/half.hpp"
+#include "format_error.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -69,11 +70,6 @@ namespace q2n::io {
 /// Element types of safetensors tensors that q2n reads and writes. The names in files are the
 /// enumerator names ("F32", "BF16", ...).
 enum class DType { BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F16, BF16, F32, F64 };
-
-/// Malformed, truncated or unsupported file content.
-struct FormatError : std::invalid_argument {
-  using std::invalid_argument::invalid_argument;
-};
 
 /// Size in bytes of one element of `dtype`.
 inline std::size_t dtype_size(DType dtype) {
