@@ -48,6 +48,7 @@
 /// \endcode
 
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/half.hpp>
 #include <q2n/diagnostics.hpp>
 #include <q2n/errors.hpp>
 
@@ -467,6 +468,55 @@ void fold(const Eigen::MatrixBase<DS>& scales, const Eigen::MatrixBase<DM>& m) {
                  " rows; pass one m entry per row of scales");
   detail::require_finite(m, "q2n::fold", "m");
   s = m.asDiagonal() * s;
+}
+
+/// The 16-bit floating-point formats a checkpoint stores scales and other values in.
+enum class ValuePrecision {
+  f16,   ///< IEEE binary16 (GPTQ, compressed-tensors with float16, every GGUF block scale)
+  bf16,  ///< bfloat16
+};
+
+/// Rounds every floating-point value the storage keeps to `precision` (nearest, ties to even),
+/// as a checkpoint holding the storage in that precision does: uniform scales and offsets,
+/// codebook values, full-precision columns, binarized α and μ. Codes, zero points, masks,
+/// signs, `perm` and transforms are unchanged. Afterwards `dequantize(storage)` is exactly what
+/// such a file decodes to; apply it after `fold` (m is then rounded together with the scale
+/// it was folded into) and before evaluating the weights that are exported.
+/// \return the number of values that changed
+/// \throws NumericalError when a value lies beyond the format's range (f16: |x| > 65504)
+template <class Scalar>
+Eigen::Index round_values(QuantStorage<Scalar>& storage,
+                          ValuePrecision precision = ValuePrecision::f16) {
+  const char* fn = "q2n::round_values";
+  detail::check_storage(storage, fn);
+  Eigen::Index changed = 0;
+  auto round_part = [&](auto& part, const char* name) {
+    for (Eigen::Index j = 0; j < part.cols(); ++j)
+      for (Eigen::Index i = 0; i < part.rows(); ++i) {
+        const double v = static_cast<double>(part(i, j));
+        const float r = precision == ValuePrecision::f16
+                            ? detail::half_to_float(detail::double_to_half(v))
+                            : detail::bf16_to_float(detail::double_to_bf16(v));
+        if (!std::isfinite(r))
+          throw NumericalError(std::string(fn) + ": " + name + "(" + std::to_string(i) + ", " +
+                               std::to_string(j) + ") = " + std::to_string(v) + " exceeds the " +
+                               (precision == ValuePrecision::f16 ? "f16" : "bf16") +
+                               " range; keep this storage in a wider format");
+        if (static_cast<double>(r) != v) ++changed;
+        part(i, j) = static_cast<Scalar>(r);
+      }
+  };
+  if (auto& u = storage.uniform) {
+    round_part(u->scales, "storage.uniform->scales");
+    if (u->form == AffineForm::offset) round_part(u->offsets, "storage.uniform->offsets");
+  }
+  if (auto& c = storage.codebook) round_part(c->values, "storage.codebook->values");
+  if (auto& f = storage.full_precision) round_part(f->values, "storage.full_precision->values");
+  if (auto& b = storage.binarized) {
+    round_part(b->alpha, "storage.binarized->alpha");
+    round_part(b->mean, "storage.binarized->mean");
+  }
+  return changed;
 }
 
 /// Assembles and validates a QuantStorage.
