@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -58,6 +59,7 @@ std::vector<MethodSpec> configurations(const Options& o, const llama::Model& m) 
       MethodSpec s = o.spec;
       s.method = method;
       s.grid.bits = b;
+      for (auto f : o.exports) llama::check_exportable(f, s, m.config);
       specs.push_back(s);
     }
   }
@@ -115,6 +117,7 @@ llama::PassOptions pass_options(const Options& o, const MethodSpec& spec, const 
   llama::PassOptions po;
   po.spec = spec;
   po.q2n_down_proj = o.q2n_down_proj;
+  if (!o.exports.empty()) po.round_to = q2n::ValuePrecision::f16;
   po.on_layer = [label](int i, int n) {
     std::cerr << label << " layer " << i + 1 << " of " << n << " quantized ("
               << llama::fmt(llama::elapsed_seconds(), 1) << " s elapsed)\n";
@@ -176,6 +179,13 @@ int run(int argc, char** argv) {
   const llama::Perplexity pf = llama::perplexity(fp, eval_text, o.seqlen, o.eval_windows);
   report.add_float(pf, llama::elapsed_seconds() - t);
   if (o.methods.empty() && !o.save_dir.empty()) llama::save_model(fp, o.save_dir);
+  if (o.methods.empty() && !o.exports.empty()) {
+    std::map<std::string, std::string> paths;
+    for (auto f : o.exports)
+      paths[llama::export_format_name(f)] =
+          llama::export_model(f, fp, nullptr, nullptr, o.export_dir, o.seqlen);
+    report.add_export(paths);
+  }
 
   for (int k = 0; k < o.seeds && !specs.empty(); ++k) {
     // Calibrate.
@@ -199,6 +209,9 @@ int run(int argc, char** argv) {
         run.pass_seconds = llama::elapsed_seconds() - t0;
         // Evaluate and report.
         run = evaluate(pr, std::move(run), eval_text, o);
+        for (auto f : o.exports)
+          run.exports[llama::export_format_name(f)] = llama::export_model(
+              f, pr.model, &pr.records, &run.spec, o.export_dir, o.seqlen);
         std::cerr << label << " ppl " << llama::fmt(run.ppl, 4) << " (pass "
                   << llama::fmt(run.pass_seconds, 1) << " s, eval "
                   << llama::fmt(run.eval_seconds, 1) << " s)\n";

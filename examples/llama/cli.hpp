@@ -2,8 +2,10 @@
 /// \file cli.hpp
 /// Command-line options of the q2n_llama example.
 
+#include "export.hpp"
 #include "method_flags.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -31,6 +33,8 @@ struct Options {
   int threads = 0;                 ///< 0: the OpenMP default
   std::string report;              ///< PATH → PATH.md, PATH.csv, PATH.jsonl
   std::string save_dir;
+  std::vector<ExportFormat> exports;  ///< --export: each evaluated model in each of these
+  std::string export_dir;
   std::string dump_linear;         ///< "LAYER.MODULE", e.g. "1.self_attn.o_proj"
   std::string dump_file;
   bool help = false;
@@ -68,6 +72,19 @@ output
   --report PATH         write PATH.md (table), PATH.csv (table) and PATH.jsonl (one line per run)
   --save DIR            write the fake-quantized model (config.json + model.safetensors, F32),
                         loadable by --model DIR; needs exactly one quantized configuration
+  --export LIST         write every evaluated configuration for inference engines in each
+                        format of the comma list, one file or folder per configuration and
+                        format, named <method>-w<bits>-g<group>[-q2n] (g0: one group per row;
+                        "float" with --methods none) plus .gguf, -f32.gguf, -gptq or -ct:
+                          gguf      llama.cpp GGUF; RTN/GPTQ linears in the block type that
+                                    holds their codes exactly (Q4_0/Q4_1/Q5_0/Q8_0), the rest F32
+                          gguf-f32  GGUF with every tensor F32 (the same weights, dense)
+                          gptq      GPTQ checkpoint folder (qweight/qzeros/scales/g_idx)
+                          ct        compressed-tensors pack-quantized checkpoint folder
+                        OWQ and PB-LLM have no packed form: their linears are written dense.
+                        Scales are rounded to fp16 (after Q2N's fold) during the pass, so the
+                        perplexity reported is the exported model's.
+  --export-dir DIR      where --export writes (required with --export)
   --dump-linear L.NAME  with --dump-file F: save one linear layer's calibration inputs,
                         statistics and result (e.g. 1.self_attn.o_proj) for a standalone check
   --threads N           OpenMP / Eigen threads (default: OpenMP's default)
@@ -85,6 +102,21 @@ inline std::vector<Method> method_list(ArgCursor& a) {
   std::vector<Method> out;
   if (v != "none")
     for (const auto& m : split_commas(v)) out.push_back(method_value(a, m));
+  return out;
+}
+
+// --export LIST: a comma list of gguf, gguf-f32, gptq, ct.
+inline std::vector<ExportFormat> export_list(ArgCursor& a) {
+  std::vector<ExportFormat> out;
+  for (const auto& item : split_commas(a.value())) {
+    const char* names[] = {"gguf", "gguf-f32", "gptq", "ct"};
+    std::size_t k = 0;
+    while (k < 4 && item != names[k]) ++k;
+    if (k == 4) a.fail(a.flag(), " ", item, " is not one of gguf, gguf-f32, gptq, ct");
+    const auto f = static_cast<ExportFormat>(k + 1);
+    if (std::find(out.begin(), out.end(), f) == out.end()) out.push_back(f);
+  }
+  if (out.empty()) a.fail(a.flag(), " needs at least one format");
   return out;
 }
 
@@ -107,6 +139,8 @@ inline bool parse_tool_flag(ArgCursor& a, Options& o) {
   else if (f == "--shared-pass") o.shared_pass = true;
   else if (f == "--report") o.report = a.value();
   else if (f == "--save") o.save_dir = a.value();
+  else if (f == "--export") o.exports = export_list(a);
+  else if (f == "--export-dir") o.export_dir = a.value();
   else if (f == "--dump-linear") o.dump_linear = a.value();
   else if (f == "--dump-file") o.dump_file = a.value();
   else if (f == "--threads") o.threads = static_cast<int>(a.int_value(1, 1024));
@@ -128,6 +162,10 @@ inline Options parse_options(int argc, char** argv, const std::string& data_dir)
     if (!detail::parse_tool_flag(a, o) && !parse_method_flag(a, o.spec))
       a.fail("unknown option ", a.flag(), " (see --help)");
   check_method_flags(a, o.spec);
+  if (o.exports.empty() != o.export_dir.empty())
+    a.fail("--export and --export-dir go together");
+  if (!o.exports.empty() && o.seeds > 1)
+    a.fail("--export writes one file per configuration; pass --seeds 1");
   if (o.dump_linear.empty() != o.dump_file.empty())
     a.fail("--dump-linear and --dump-file go together");
   return o;

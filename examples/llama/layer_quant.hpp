@@ -82,7 +82,8 @@ inline std::string spec_label(const MethodSpec& s) {
          std::to_string(s.pb_high.bits);
   } else {
     l += " w" + std::to_string(s.grid.bits) +
-         (s.groupsize > 0 ? " g" + std::to_string(s.groupsize) : std::string(" per-row"));
+         (s.groupsize > 0 ? " g" + std::to_string(s.groupsize) : std::string(" per-row")) +
+         (s.grid.sym ? " sym" : "");
   }
   return l + (s.q2n ? " +q2n" : "");
 }

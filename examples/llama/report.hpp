@@ -77,6 +77,7 @@ struct Run {
   int refined = 0;        ///< linears Q2N was applied to
   double pass_seconds = 0, eval_seconds = 0;
   bool shared_pass = false;
+  std::map<std::string, std::string> exports;  ///< with --export: format → file or folder
 };
 
 /// Fills the error and kept-rank figures of `run` from a pass's records.
@@ -110,6 +111,7 @@ inline nlohmann::json run_json(const Run& r, const Options& o) {
     j["pb_high_bit"] = r.spec.pb_high.bits;
   } else {
     j["bits"] = r.spec.grid.bits;
+    j["sym"] = r.spec.grid.sym;
   }
   j["group"] = r.spec.groupsize > 0 ? nlohmann::json(r.spec.groupsize) : nlohmann::json(nullptr);
   j["q2n"] = r.spec.q2n;
@@ -130,6 +132,7 @@ inline nlohmann::json run_json(const Run& r, const Options& o) {
   if (r.spec.method == Method::owq) j["owq_extra_bits"] = r.spec.owq_extra_bits;
   j["nsamples"] = o.nsamples;
   j["eval_windows"] = r.windows;
+  if (!r.exports.empty()) j["export"] = r.exports;
   return j;
 }
 
@@ -258,6 +261,13 @@ class Report {
     std::cout << j.dump() << std::endl;
     jsonl_.push_back({{"method", "none"}, {"ppl", p.ppl()}, {"windows", p.windows},
                       {"seconds", seconds}});
+  }
+
+  /// The float model's export (with --methods none --export).
+  void add_export(const std::map<std::string, std::string>& paths) {
+    const nlohmann::json j{{"method", "none"}, {"export", paths}};
+    std::cout << j.dump() << std::endl;
+    jsonl_.push_back(j);
   }
 
   /// One quantized configuration.

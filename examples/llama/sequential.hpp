@@ -93,6 +93,10 @@ struct PassOptions {
   /// ones in PassResult::twin, so one pass yields both the baseline and the +Q2N model (the
   /// +Q2N model's later layers are then calibrated on the baseline's inputs: an approximation).
   bool shared_twin = false;
+  /// When set, every storage's values (scales, ...) are rounded to this precision right after
+  /// the layer is quantized (and after Q2N's fold), and the model carries the rounded weights:
+  /// the pass then evaluates, and calibrates later layers on, exactly what an export holds.
+  std::optional<q2n::ValuePrecision> round_to;
   /// Called after each layer ("layer i of n") for progress output.
   std::function<void(int layer, int layers)> on_layer;
   /// Called for every quantized linear with its calibration inputs ((S·T) × cols).
@@ -107,6 +111,17 @@ struct PassResult {
   Model twin;         ///< with shared_twin: the +Q2N model
   std::vector<LinearRecord> records;
 };
+
+/// Rounds the stored values of both results of `r` to `p` (q2n::round_values) and recomputes
+/// their dense Q from the rounded storage.
+inline void round_result_values(LinearResult& r, q2n::ValuePrecision p) {
+  q2n::QuantResult<float>* refined = r.refined ? &*r.refined : nullptr;
+  for (q2n::QuantResult<float>* res : {&r.quantized, refined}) {
+    if (!res) continue;
+    q2n::round_values(res->storage, p);
+    res->Q = q2n::dequantize(res->storage);
+  }
+}
 
 namespace detail {
 
@@ -129,6 +144,7 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
     const Eigen::MatrixXf W = lin.weight;
     // H stays ours (a const lvalue: the quantizer converts a copy): the errors need it.
     rec.result = quantize_linear(W, stats.hessian, ns ? &*ns : nullptr, spec);
+    if (opt.round_to) round_result_values(rec.result, *opt.round_to);
     measure_errors(rec.result, HessianOutputError(W, stats.hessian));
     if (opt.on_linear) opt.on_linear(layer, p, inputs, stats, lin.weight, rec.result);
     if (twin) {
