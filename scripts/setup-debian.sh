@@ -7,6 +7,10 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm installs the llama.cpp test harness (scripts/setup-node.sh, run by the tests). Any npm will
+# do (Debian's runs on its Node 18; the harness brings its own Node 20), so a machine that has
+# one from elsewhere keeps it.
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   sudo=""
