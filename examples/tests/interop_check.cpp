@@ -253,7 +253,8 @@ int cmd_quantized(Harness& h, const std::string& report_path, long windows, cons
   if (configs.empty()) throw std::runtime_error(report_path + " lists no GGUF export");
   for (const Json* r : configs) {
     const std::string gguf = r->at("export").at("gguf").get<std::string>();
-    const std::string twin = gguf.substr(0, gguf.size() - 5) + "-twin.gguf";
+    // Distinct names per mode: two checks of one export may run at the same time.
+    const std::string twin = gguf.substr(0, gguf.size() - 5) + (corrupt ? "-twin-c.gguf" : "-twin.gguf");
     write_twin(gguf, twin);
     std::string packed = gguf;
     if (corrupt) {
