@@ -8,7 +8,8 @@
 //       positions, every vocabulary entry) and, on the full protocol, vs reference_eval.json
 //   quantized REPORT.jsonl --windows N [--table OUT.md] [--corrupt]
 //       every GGUF in the report (q2n_llama --export gguf --report) vs its F32 twin (the same
-//       file with every tensor decoded to F32 by q2n's reader) and vs q2n_llama's perplexity;
+//       file with every tensor decoded to F32 by q2n's reader; a dense file is its own twin)
+//       and vs q2n_llama's perplexity;
 //       --corrupt first swaps the nibble order of every 4/5-bit block and requires that the
 //       checks FAIL for every file
 //   checkpoints REPORT.jsonl --windows N
@@ -232,9 +233,11 @@ Verdict compare(const Json& packed, const Json& twin, double ppl_q2n) {
 }
 
 std::string config_label(const Json& r) {
-  std::string l = r.at("method").get<std::string>() + " w" + std::to_string(r.at("bits").get<int>()) +
+  const bool pb = r.at("method") == "pbllm";
+  std::string l = r.at("method").get<std::string>() + (pb ? " " + r.at("bits").dump() + " bits"
+                                                          : " w" + std::to_string(r.at("bits").get<int>())) +
                   (r.at("group").is_null() ? " per-row" : " g" + std::to_string(r.at("group").get<int>())) +
-                  (r.value("sym", false) ? " sym" : " asym") + (r.at("q2n").get<bool>() ? " +q2n" : "");
+                  (pb ? "" : r.value("sym", false) ? " sym" : " asym") + (r.at("q2n").get<bool>() ? " +q2n" : "");
   return l;
 }
 
@@ -251,18 +254,25 @@ int cmd_quantized(Harness& h, const std::string& report_path, long windows, cons
       configs.push_back(&r);
     }
   if (configs.empty()) throw std::runtime_error(report_path + " lists no GGUF export");
+  std::vector<std::size_t> packed_at, twin_at;  // indices into `files` / the harness results
   for (const Json* r : configs) {
     const std::string gguf = r->at("export").at("gguf").get<std::string>();
-    // Distinct names per mode: two checks of one export may run at the same time.
-    const std::string twin = gguf.substr(0, gguf.size() - 5) + (corrupt ? "-twin-c.gguf" : "-twin.gguf");
-    write_twin(gguf, twin);
     std::string packed = gguf;
     if (corrupt) {
       packed = gguf.substr(0, gguf.size() - 5) + "-corrupt.gguf";
       const int n = write_corrupt(gguf, packed);
       if (n == 0) throw std::runtime_error(gguf + " has no 4/5-bit block tensor to corrupt");
     }
+    packed_at.push_back(files.size());
     files.push_back(packed);
+    if (linear_types(gguf) == "F32") {  // a dense export (OWQ, PB-LLM) is its own F32 twin
+      twin_at.push_back(packed_at.back());
+      continue;
+    }
+    // Distinct names per mode: two checks of one export may run at the same time.
+    const std::string twin = gguf.substr(0, gguf.size() - 5) + (corrupt ? "-twin-c.gguf" : "-twin.gguf");
+    write_twin(gguf, twin);
+    twin_at.push_back(files.size());
     files.push_back(twin);
   }
   const auto res = h.run(files, windows, 0);
@@ -274,8 +284,8 @@ int cmd_quantized(Harness& h, const std::string& report_path, long windows, cons
   }
   for (std::size_t k = 0; k < configs.size(); ++k) {
     const Json& r = *configs[k];
-    const Verdict v = compare(res.at(2 * k), res.at(2 * k + 1), r.at("ppl").get<double>());
-    const std::string what = config_label(r) + " [" + linear_types(files[2 * k]) + "]: PPL q2n " +
+    const Verdict v = compare(res.at(packed_at[k]), res.at(twin_at[k]), r.at("ppl").get<double>());
+    const std::string what = config_label(r) + " [" + linear_types(files[packed_at[k]]) + "]: PPL q2n " +
                              num(r.at("ppl").get<double>(), 7) + ", llama.cpp " + num(v.ppl_engine, 7) +
                              " (" + num(v.rel_engine, 2) + "), F32 twin " + num(v.ppl_twin, 7) + " (" +
                              num(v.rel_twin, 2) + "), argmax agreement " + num(100 * v.argmax, 4) +
@@ -283,7 +293,7 @@ int cmd_quantized(Harness& h, const std::string& report_path, long windows, cons
     if (corrupt) report(!v.ok(), "corrupted nibble order is caught: " + what);
     else report(v.ok(), what);
     if (md.is_open())
-      md << "| " << config_label(r) << " | " << linear_types(files[2 * k]) << " | "
+      md << "| " << config_label(r) << " | " << linear_types(files[packed_at[k]]) << " | "
          << num(r.at("ppl").get<double>(), 6) << " | " << num(v.ppl_engine, 6) << " | "
          << num(v.rel_engine, 2) << " | " << num(v.ppl_twin, 6) << " | " << num(v.rel_twin, 2) << " | "
          << num(100 * v.argmax, 4) << " % | " << num(v.mean_d, 2) << " |\n";
