@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <limits>
 
 #include "test_util.hpp"
@@ -135,4 +136,37 @@ TEST_CASE_TEMPLATE("HessianAccumulator spans several column panels exactly", T, 
   // 30-term dot products formed in T: float's rounding ~30·2^-24 of |x|², double's ~1e-15.
   const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
   CHECK((acc.hessian() - ref).cwiseAbs().maxCoeff() <= tol * ref.cwiseAbs().maxCoeff());
+}
+
+TEST_CASE("Accumulators: float results out of float's range are reported, not returned as Inf or 0") {
+  // Tokens of 2^70 (float): x xᵀ is 2^140, beyond float. The accumulator sums them in double
+  // (exactly: all squares are powers of two times small integers), so hessian() is right and
+  // hessian_as<float>() names the problem instead of returning Inf.
+  Eigen::MatrixXf x(4, 3);
+  x << 1, 2, 0, -1, 0, 3, 2, 1, 1, 0, -2, 1;
+  const float big = std::ldexp(1.0f, 70), tiny = std::ldexp(1.0f, -70);
+  q2n::HessianAccumulator h_big(3), h_tiny(3), h_ref(3);
+  h_big.add(x * big);
+  h_tiny.add(x * tiny);
+  h_ref.add(x.cast<double>());
+  CHECK(h_big.hessian() == h_ref.hessian() * std::ldexp(1.0, 140));
+  CHECK(h_tiny.hessian() == h_ref.hessian() * std::ldexp(1.0, -140));
+  CHECK_THROWS_WITH_AS(h_big.hessian_as<float>(), doctest::Contains("beyond float's range"),
+                       q2n::NumericalError);
+  CHECK_THROWS_WITH_AS(h_tiny.hessian_as<float>(), doctest::Contains("below float's normal range"),
+                       q2n::NumericalError);
+  CHECK(h_big.hessian_as<double>() == h_big.hessian());
+  // Double overflow: named, with the size of the tokens.
+  q2n::HessianAccumulator h_over(3);
+  CHECK_THROWS_WITH_AS(h_over.add(x.cast<double>() * 1e200), doctest::Contains("overflowed double"),
+                       q2n::NumericalError);
+  // Ā beyond float: mean() is right in double, mean_as<float>() says why it cannot be float.
+  q2n::SampleMeanAccumulator a(3);
+  a.add_sequence(x.cast<double>() * 1e300);
+  CHECK(a.mean().allFinite());
+  CHECK_THROWS_WITH_AS(a.mean_as<float>(), doctest::Contains("beyond float's range"), q2n::NumericalError);
+  q2n::SampleMeanAccumulator b(3);
+  b.add_sequence(x.cast<double>() * 1e-300);
+  CHECK_THROWS_WITH_AS(b.mean_as<float>(), doctest::Contains("below float's normal range"),
+                       q2n::NumericalError);
 }

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <limits>
 
 #include "test_util.hpp"
@@ -178,4 +179,50 @@ TEST_CASE("NullSpace: the partial route falls back to a dense route when the cut
   CHECK(p.route() == q2n::SpectrumRoute::gram);
   CHECK(p.kept() == d.kept());
   CHECK(p.kept() > 30);
+}
+
+TEST_CASE_TEMPLATE("NullSpace: any finite scale of Ā gives the same projector, every route", T, Q2N_TEST_SCALARS) {
+  // Entries far outside the scalar's comfortable range: in float (2^±70) their squares
+  // overflow or underflow; in double (2^±300) they are scaled too, and an energy beyond
+  // double's range is refused. compute() scales Ā by a power of two first, so the
+  // kept basis must equal, bit for bit, the one computed on the unscaled Ā, and the spectrum
+  // must be the unscaled spectrum times 2^(2k) (exact in double). Before, float reported
+  // "abar is all zero" for tiny Ā and returned no or a NaN basis for huge Ā.
+  Mat<T> abar = structured_activations<T>(200, 480, 7, 61, 1e-2);
+  int e0 = 0;  // normalized to a largest entry in [1/2, 1): the scaled copies map back to it
+  std::frexp(static_cast<double>(abar.cwiseAbs().maxCoeff()), &e0);
+  abar *= std::ldexp(T(1), -e0);
+  const int k = std::is_same_v<T, float> ? 70 : 300;
+  for (auto route : {q2n::SpectrumRoute::covariance, q2n::SpectrumRoute::gram,
+                     q2n::SpectrumRoute::partial}) {
+    // The paper rule's absolute 1e-12 floor is not scale-free: use the plain rule here.
+    const q2n::NullSpaceOptions o{0.1, q2n::CutRule::plain, route};
+    const auto ref = q2n::NullSpace<T>::compute(abar, o);
+    REQUIRE(ref.cut().found);
+    for (int sign : {1, -1}) {
+      CAPTURE(static_cast<int>(route));
+      CAPTURE(sign);
+      const T f = std::ldexp(T(1), sign * k);
+      const Mat<T> scaled = abar * f;
+      REQUIRE(scaled.allFinite());
+      const auto ns = q2n::NullSpace<T>::compute(scaled, o);
+      CHECK(ns.route() == ref.route());
+      CHECK(ns.kept() == ref.kept());
+      CHECK(ns.kept_basis() == ref.kept_basis());
+      const double e2 = std::ldexp(1.0, 2 * sign * k);
+      CHECK(ns.eigenvalues() == ref.eigenvalues() * e2);
+      CHECK(ns.total_energy() == ref.total_energy() * e2);
+    }
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    // Energy beyond double: a clear NumericalError, not an overflowed spectrum.
+    const Mat<T> huge = abar * std::ldexp(1.0, 900);
+    CHECK_THROWS_WITH_AS(q2n::NullSpace<T>::compute(huge),
+                         doctest::Contains("beyond double's range; scale the activations down"),
+                         q2n::NumericalError);
+    const Mat<T> tiny = abar * std::ldexp(1.0, -560);
+    CHECK_THROWS_WITH_AS(q2n::NullSpace<T>::compute(tiny),
+                         doctest::Contains("below double's normal range; scale the activations up"),
+                         q2n::NumericalError);
+  }
 }

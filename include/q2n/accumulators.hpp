@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace q2n {
 
@@ -37,6 +38,7 @@ class HessianAccumulator {
   }
 
   /// Adds a batch of tokens, one per row (n × cols; n may be 0).
+  /// \throws NumericalError when Σ x xᵀ overflows double (the accumulator is then unusable)
   template <class Derived>
   void add(const Eigen::MatrixBase<Derived>& tokens) {
     using S = typename Derived::Scalar;
@@ -48,6 +50,16 @@ class HessianAccumulator {
     // Lower triangle, panel by panel: rows j0.. of columns [j0, j0 + w) of XᵀX. The panel's
     // diagonal block is computed whole; its strictly upper part is never read (hessian()
     // mirrors the lower triangle).
+    // Squares of float tokens leave float's range above ~1.8e19 (or become subnormal below
+    // ~1e-19): such batches are accumulated in double, where they are representable.
+    if constexpr (std::is_same_v<S, float>) {
+      const double amax = static_cast<double>(tokens.cwiseAbs().maxCoeff());
+      const double n = static_cast<double>(tokens.rows());
+      if (amax > 0 && (amax * amax * n > 1e36 || amax < 1e-18)) {
+        add(tokens.template cast<double>());
+        return;
+      }
+    }
     using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
     const auto& x = tokens.derived();  // no copy: GEMM reads row- or column-major operands
     constexpr Eigen::Index kPanel = 512;
@@ -58,6 +70,10 @@ class HessianAccumulator {
                             x.middleCols(j0, w), S(1), false);  // thread-count independent
       sum_.block(j0, j0, h, w) += panel.topLeftCorner(h, w).template cast<double>();
     }
+    if (!sum_.allFinite())
+      detail::numerical_failure("q2n::HessianAccumulator::add: Σ x xᵀ overflowed double (tokens up to ",
+                                static_cast<double>(tokens.cwiseAbs().maxCoeff()),
+                                " in magnitude); scale the activations down");
     tokens_ += tokens.rows();
   }
 
@@ -93,6 +109,8 @@ class HessianAccumulator {
       detail::fail("q2n::HessianAccumulator::hessian_as: no tokens were added; "
                    "add calibration activations first");
     const double scale = 2.0 / static_cast<double>(tokens_);
+    detail::require_in_range<Scalar>(sum_.cwiseAbs().maxCoeff() * scale,
+                                     "q2n::HessianAccumulator::hessian_as", "H", "hessian()");
     Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h(cols_, cols_);
     for (Eigen::Index j = 0; j < cols_; ++j)
       for (Eigen::Index i = j; i < cols_; ++i) h(i, j) = h(j, i) = static_cast<Scalar>(sum_(i, j) * scale);
@@ -179,7 +197,10 @@ class SampleMeanAccumulator {
   /// \return mean() converted to Scalar.
   template <class Scalar>
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> mean_as() const {
-    return mean().cast<Scalar>();
+    Eigen::MatrixXd m = mean();
+    detail::require_in_range<Scalar>(m.cwiseAbs().maxCoeff(), "q2n::SampleMeanAccumulator::mean_as",
+                                     "Abar", "mean()");
+    return m.cast<Scalar>();
   }
 
  private:

@@ -69,7 +69,9 @@ class NullSpace {
   /// \param abar sample-averaged activations Ā (seqlen × cols), finite, not all zero
   /// \param options threshold, rule and route
   /// \throws std::invalid_argument on empty, non-finite or all-zero Ā or a bad threshold
-  /// \throws NumericalError when the eigensolver fails
+  /// \throws NumericalError when the eigensolver fails, or ‖Ā‖² leaves double's normal range
+  /// Any finite Ā is accepted whatever its scale: entries whose squares would leave the
+  /// scalar's range are scaled by a power of two first (exactly), and the spectrum back.
   template <class Derived>
   static NullSpace compute(const Eigen::MatrixBase<Derived>& abar,
                            const NullSpaceOptions& options = {}) {
@@ -84,9 +86,23 @@ class NullSpace {
     if (!(options.threshold > 0) || !std::isfinite(options.threshold))
       detail::fail(fn, ": options.threshold = ", options.threshold,
                    " must be finite and > 0 (default 0.1)");
-    const Matrix a = abar.template cast<Scalar>();
-    if (a.squaredNorm() == Scalar(0))
+    const double amax = static_cast<double>(abar.cwiseAbs().maxCoeff());
+    if (amax == 0)
       detail::fail(fn, ": abar is all zero; the calibration activations carry no signal");
+    // Ā is scaled by a power of two (exactly) when its squares could leave the scalar's range:
+    // the eigenvectors do not change, and the spectrum is scaled back in double.
+    int e = 0;
+    std::frexp(amax, &e);
+    const int limit = std::numeric_limits<Scalar>::max_exponent / 4;  // 2^±32 (float), 2^±256
+    if (e >= -limit && e <= limit) e = 0;
+    if (2 * e >= std::numeric_limits<double>::max_exponent)
+      detail::numerical_failure(fn, ": the energy of abar (entries up to ", amax,
+                                ") is beyond double's range; scale the activations down");
+    if (2 * e < std::numeric_limits<double>::min_exponent)
+      detail::numerical_failure(fn, ": the energy of abar (entries up to ", amax,
+                                ") is below double's normal range; scale the activations up");
+    const Matrix a = (abar * static_cast<typename Derived::Scalar>(std::ldexp(1.0, -e)))
+                         .template cast<Scalar>();
 
     const SpectrumRoute dense_route =
         a.rows() < a.cols() ? SpectrumRoute::gram : SpectrumRoute::covariance;
@@ -95,6 +111,7 @@ class NullSpace {
       route = std::min(a.rows(), a.cols()) <= 384 ? dense_route : SpectrumRoute::partial;
     NullSpace ns;
     ns.cols_ = a.cols();
+    ns.energy_scale_ = std::ldexp(1.0, 2 * e);
     if (route == SpectrumRoute::partial) {
       if (ns.from_partial(a, options)) return ns;
       route = dense_route;
@@ -177,7 +194,7 @@ class NullSpace {
 
   // Descending eigenvalues (clamped) from an ascending solver result, and the cut on them.
   void set_spectrum(const Eigen::VectorXd& descending, const NullSpaceOptions& options) {
-    eigenvalues_ = descending.cwiseMax(0.0);
+    eigenvalues_ = descending.cwiseMax(0.0) * energy_scale_;
     total_ = eigenvalues_.sum();
     cut_ = find_cut(eigenvalues_, options.threshold, options.rule);
   }
@@ -191,7 +208,7 @@ class NullSpace {
         s(0) * static_cast<double>(a.rows()) * std::numeric_limits<Scalar>::epsilon();
     if (r > 0 && s(r - 1) <= 10 * floor) return false;
     const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> inv_sqrt =
-        s.head(r).cwiseSqrt().cwiseInverse().template cast<Scalar>();
+        (s.head(r) / energy_scale_).cwiseSqrt().cwiseInverse().template cast<Scalar>();
     basis_.noalias() = a.transpose() * z;
     basis_ *= inv_sqrt.asDiagonal();
     return true;
@@ -213,6 +230,7 @@ class NullSpace {
     total_ = 0;  // ‖Ā‖_F² in double: the trace, i.e. the sum of all eigenvalues
     for (Eigen::Index j = 0; j < a.cols(); ++j)
       total_ += a.col(j).template cast<double>().squaredNorm();
+    total_ *= energy_scale_;
     const double eps = std::numeric_limits<Scalar>::epsilon();
     // A Ritz pair counts once its residual (which bounds its eigenvalue error) is below 1e-4 of
     // its value (1e-8 in double) or at the rounding floor of an n × n product.
@@ -229,7 +247,7 @@ class NullSpace {
              ritz.residuals(known) <= std::max(rel * theta(known), floor_rel * theta(0)))
         ++known;
       if (known == 0) continue;
-      const Eigen::VectorXd head = theta.head(known);
+      const Eigen::VectorXd head = theta.head(known) * energy_scale_;
       const auto cut = detail::cut_from_leading(head, cols_, total_, total_ - head(0),
                                                 options.threshold, options.rule);
       if (!cut) continue;
@@ -285,6 +303,7 @@ class NullSpace {
   SpectrumRoute route_ = SpectrumRoute::covariance;
   Matrix basis_;                  // U1, cols × r
   Eigen::VectorXd eigenvalues_;   // descending (see eigenvalues())
+  double energy_scale_ = 1.0;     // 2^(2e) when compute() scaled Ā by 2^(−e), else 1
   double total_ = 0;              // trace of ĀᵀĀ
 };
 

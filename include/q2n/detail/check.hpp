@@ -3,12 +3,16 @@
 /// Argument validation shared by the public headers. Every message starts with the public
 /// function's name, names the argument, and says what to pass instead.
 
+#include <q2n/detail/errors.hpp>
+
 #include <Eigen/Core>
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace q2n::detail {
 
@@ -18,6 +22,37 @@ template <class... Parts>
   std::ostringstream os;
   (os << ... << parts);
   throw std::invalid_argument(os.str());
+}
+
+/// Builds a message from streamable parts and throws q2n::NumericalError with it.
+template <class... Parts>
+[[noreturn]] void numerical_failure(const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  throw NumericalError(os.str());
+}
+
+template <class Scalar>
+const char* scalar_name() {
+  return std::is_same_v<Scalar, float> ? "float" : std::is_same_v<Scalar, double> ? "double" : "the scalar";
+}
+
+/// Throws NumericalError when a result computed in double, whose largest magnitude is
+/// `maxabs`, cannot be converted to Scalar: beyond its range, or nonzero but below its normal
+/// range (where it would become subnormal or zero). `in_double` names the call that returns
+/// the double values.
+template <class Scalar>
+void require_in_range(double maxabs, const char* function, const char* name, const char* in_double) {
+  using L = std::numeric_limits<Scalar>;
+  if (maxabs > static_cast<double>(L::max()))
+    numerical_failure(function, ": the largest entry of ", name, ", ", maxabs, ", is beyond ",
+                      scalar_name<Scalar>(), "'s range (", static_cast<double>(L::max()),
+                      "); call ", in_double, " for double values, or scale the activations down");
+  if (maxabs > 0 && maxabs < static_cast<double>(L::min()))
+    numerical_failure(function, ": the largest entry of ", name, ", ", maxabs, ", is below ",
+                      scalar_name<Scalar>(), "'s normal range (", static_cast<double>(L::min()),
+                      "), where it would be rounded to subnormal numbers or zero; call ",
+                      in_double, " for double values, or scale the activations up");
 }
 
 /// Throws unless every entry of `m` is finite; reports the first offending (row, col).
