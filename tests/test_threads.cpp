@@ -1,6 +1,7 @@
 // Results must not depend on the thread count: q2n's matrix products split their output into
 // panels of a fixed size (detail/parallel.hpp) instead of letting Eigen choose its blocking
-// from the number of threads, so 1 and 2 threads give the same bits.
+// from the number of threads, and the null space's routes run Eigen single-threaded, so 1 and
+// 2 threads give the same bits: H, GPTQ's Q, every route's kept basis, and m.
 #include <q2n/projection.hpp>
 #include <q2n/quantizers.hpp>
 
@@ -9,6 +10,8 @@
 
 #include "test_util.hpp"
 
+#include <vector>
+
 namespace {
 
 template <class T>
@@ -16,7 +19,8 @@ struct Run {
   Eigen::MatrixXd h;
   Eigen::Index kept_dense = 0, kept_partial = 0;
   q2n_test::Mat<T> gptq_q;
-  Eigen::Matrix<T, Eigen::Dynamic, 1> m;
+  Eigen::Matrix<T, Eigen::Dynamic, 1> m, m_own;
+  std::vector<q2n_test::Mat<T>> bases;  // kept basis of each route
 };
 
 // Sizes above Eigen's threshold for splitting a GEMM across threads.
@@ -33,17 +37,24 @@ Run<T> run_with_threads(int threads, const Eigen::MatrixXd& h_shared,
   acc.add(x);
   out.h = acc.hessian();
   const q2n_test::Mat<T> abar = x.topRows(400);
-  out.kept_dense = q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper,
-                                                     q2n::SpectrumRoute::gram}).kept();
+  const auto gram = q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper, q2n::SpectrumRoute::gram});
+  out.kept_dense = gram.kept();
   const auto partial = q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper,
                                                          q2n::SpectrumRoute::partial});
   out.kept_partial = partial.kept();
+  const auto covariance =
+      q2n::NullSpace<T>::compute(abar, {0.1, q2n::CutRule::paper, q2n::SpectrumRoute::covariance});
+  // Ā with more positions than columns: the partial route on ĀᵀĀ.
+  const auto tall = q2n::NullSpace<T>::compute(x.leftCols(450).eval(), {0.1, q2n::CutRule::paper,
+                                                                        q2n::SpectrumRoute::partial});
+  out.bases = {gram.kept_basis(), partial.kept_basis(), covariance.kept_basis(), tall.kept_basis()};
   // GPTQ from one shared H, so only GPTQ's own products differ between the runs.
   q2n::GptqOptions opt;
   opt.grid.bits = 3;
   opt.groupsize = 128;
   out.gptq_q = q2n::gptq(w, h_shared.cast<T>().eval(), opt).Q;
   out.m = q2n::equivalent_vector(w, out.gptq_q, shared_ns);
+  out.m_own = q2n::refine(w, out.gptq_q, partial).m;  // with this run's own null space
   return out;
 }
 
@@ -65,6 +76,12 @@ TEST_CASE_TEMPLATE("H, GPTQ and the equivalent vector do not depend on the threa
   CHECK(one.h == two.h);
   CHECK(one.gptq_q == two.gptq_q);
   CHECK(one.m == two.m);
+  CHECK(one.m_own == two.m_own);
+  for (std::size_t k = 0; k < one.bases.size(); ++k) {
+    CAPTURE(k);
+    CHECK(one.bases[k].cols() > 0);
+    CHECK(one.bases[k] == two.bases[k]);
+  }
   // The null space's kept count agrees across routes and thread counts.
   CHECK(one.kept_dense == two.kept_dense);
   CHECK(one.kept_partial == two.kept_partial);

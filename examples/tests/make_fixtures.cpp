@@ -13,14 +13,20 @@
 //   escape/          a sharded index whose shard name points outside the model directory
 //   config_dir/      config.json is a directory
 //   fifo.txt         a named pipe (reading it would block forever)
+// and wide_layer.safetensors: a q2n-layer input (W 512 x 1024, X 3 x 512 x 1024) with a
+// massive activation at position 0 over a noise floor, large enough for several product panels
+// and the partial eigensolver route.
 #include "tiny_model.hpp"
 
 #include <sys/stat.h>
 
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <random>
+#include <vector>
 
 namespace {
 void write_text(const std::string& path, const std::string& s) {
@@ -82,6 +88,26 @@ int main(int argc, char** argv) {
                R"({"weight_map": {"model.norm.weight": "../../../../etc/passwd"}})");
 
     std::filesystem::create_directories(out + "/config_dir/config.json");
+
+    {
+      const std::int64_t s = 3, t = 512, cols = 1024, rows = 512;
+      std::mt19937 rng(7);
+      std::normal_distribution<float> normal;
+      std::vector<float> x(static_cast<std::size_t>(s * t * cols));
+      for (std::int64_t i = 0; i < s * t; ++i)
+        for (std::int64_t j = 0; j < cols; ++j) {
+          float v = 0.05f * normal(rng) + (j % 64 == 0 ? 2.0f : 0.0f) * std::sin(0.01f * static_cast<float>(i % t + j));
+          if (i % t == 0 && j < 4) v += 300.0f;  // the massive activation of position 0
+          x[static_cast<std::size_t>(i * cols + j)] = v;
+        }
+      Eigen::MatrixXf w(rows, cols);
+      for (std::int64_t i = 0; i < rows; ++i)
+        for (std::int64_t j = 0; j < cols; ++j) w(i, j) = 0.02f * normal(rng);
+      q2n::io::SafetensorsWriter layer;
+      layer.add("W", w);
+      layer.add_flat("X", x, q2n::io::DType::F32, {s, t, cols});
+      layer.write(out + "/wide_layer.safetensors");
+    }
 
     const std::string fifo = out + "/fifo.txt";
     std::filesystem::remove(fifo);

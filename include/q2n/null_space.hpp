@@ -9,6 +9,7 @@
 
 #include <q2n/detail/block_krylov.hpp>
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/parallel.hpp>
 #include <q2n/errors.hpp>
 #include <q2n/spectrum.hpp>
 
@@ -112,12 +113,16 @@ class NullSpace {
     NullSpace ns;
     ns.cols_ = a.cols();
     ns.energy_scale_ = std::ldexp(1.0, 2 * e);
-    if (route == SpectrumRoute::partial) {
-      if (ns.from_partial(a, options)) return ns;
-      route = dense_route;
-    }
-    if (route == SpectrumRoute::gram && ns.from_gram(a, options)) return ns;
-    ns.from_covariance(a, options);
+    // Eigen's multithreaded products round differently on different thread counts; the
+    // routes' products (Householder blocks, Krylov steps) run single-threaded instead.
+    detail::with_serial_eigen([&] {
+      if (route == SpectrumRoute::partial) {
+        if (ns.from_partial(a, options)) return;
+        route = dense_route;
+      }
+      if (route == SpectrumRoute::gram && ns.from_gram(a, options)) return;
+      ns.from_covariance(a, options);
+    });
     return ns;
   }
 
@@ -167,7 +172,11 @@ class NullSpace {
   Matrix complement(const Eigen::MatrixBase<Derived>& m) const {
     check_operand(m, "q2n::NullSpace::complement");
     if (kept() == 0) return Matrix::Zero(m.rows(), m.cols());
-    return (m.template cast<Scalar>() * basis_) * basis_.transpose();
+    const Matrix mc = m.template cast<Scalar>();
+    Matrix mu(m.rows(), kept()), out(m.rows(), m.cols());
+    detail::panel_product(mu, mc, basis_, Scalar(1), false);
+    detail::panel_product(out, mu, basis_.transpose(), Scalar(1), false);
+    return out;
   }
 
   /// \return `M P = M − (M U1) U1ᵀ` for M with cols() columns.
@@ -175,7 +184,10 @@ class NullSpace {
   Matrix project(const Eigen::MatrixBase<Derived>& m) const {
     check_operand(m, "q2n::NullSpace::project");
     Matrix out = m.template cast<Scalar>();
-    if (kept() > 0) out.noalias() -= (out * basis_) * basis_.transpose();
+    if (kept() == 0) return out;
+    Matrix mu(out.rows(), kept());
+    detail::panel_product(mu, out, basis_, Scalar(1), false);
+    detail::panel_product(out, mu, basis_.transpose(), Scalar(-1), true);
     return out;
   }
 

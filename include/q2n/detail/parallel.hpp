@@ -15,6 +15,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <exception>
 #include <type_traits>
 
 #if defined(_OPENMP)
@@ -58,6 +59,34 @@ void panel_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, typename std::deca
   }
 #endif
   for (Eigen::Index p = 0; p < panels; ++p) panel(p);
+}
+
+/// Runs f() with every Eigen product inside it computed by one thread with Eigen's
+/// single-thread blocking, so that f's rounding does not depend on the thread count. For code
+/// whose products Eigen makes internally (Householder blocks, eigensolvers) and panel_product
+/// cannot reach. Outside a parallel region this opens one (Eigen is serial inside a team of
+/// more than one thread) in which a single thread runs f; inside one it simply calls f.
+template <class F>
+void with_serial_eigen(F&& f) {
+#if defined(_OPENMP)
+  if (!omp_in_parallel() && omp_get_max_threads() > 1) {
+    std::exception_ptr error;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+      {
+        try {
+          f();
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+    }
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+#endif
+  f();
 }
 
 }  // namespace q2n::detail
