@@ -30,6 +30,7 @@
 ///     q2n::io::compressed_tensors_layout(result.storage), {"lm_head"});
 /// \endcode
 
+#include "packed_grid.hpp"
 #include "safetensors.hpp"
 
 #include <q2n/storage.hpp>
@@ -56,37 +57,13 @@ struct CompressedTensorsLayout {
 template <class Scalar>
 CompressedTensorsLayout compressed_tensors_layout(const QuantStorage<Scalar>& s) {
   const char* fn = "q2n::io::compressed_tensors_layout";
-  q2n::detail::check_storage(s, fn);
-  if (!s.uniform || s.full_precision || s.binarized || s.codebook || !s.transforms.identity())
-    q2n::detail::fail(fn, ": the storage (method \"", s.method,
-                      "\") is not a single uniform grid; pack-quantized holds uniform codes "
-                      "only: write this layer densely");
-  const auto& u = *s.uniform;
-  if (u.form != AffineForm::zero_point)
-    q2n::detail::fail(fn, ": the grid is in offset form; compressed-tensors stores zero points");
-  if (u.bits < 2 || u.bits > 8) q2n::detail::fail(fn, ": bits = ", u.bits, " is outside 2..8");
-  const Eigen::Index groups = u.scales.cols();
-  if (s.cols % groups != 0) q2n::detail::fail(fn, ": ", groups, " groups do not divide cols = ", s.cols);
+  const PackedGrid p = packed_grid(s, fn, "pack-quantized");
+  if (p.bits < 2 || p.bits > 8) q2n::detail::fail(fn, ": bits = ", p.bits, " is outside 2..8");
   CompressedTensorsLayout L;
-  L.bits = u.bits;
-  L.group_size = groups == 1 ? -1 : s.cols / groups;
-  std::vector<Eigen::Index> size(static_cast<std::size_t>(groups), 0);
-  for (Eigen::Index c = 0; c < s.cols; ++c) {
-    ++size[static_cast<std::size_t>(u.g_idx(c))];
-    if (groups > 1 && u.g_idx(c) != c / L.group_size) L.actorder_group = true;
-  }
-  for (Eigen::Index g = 0; g < groups; ++g)
-    if (size[static_cast<std::size_t>(g)] != s.cols / groups)
-      q2n::detail::fail(fn, ": group ", g, " has ", size[static_cast<std::size_t>(g)],
-                        " columns; compressed-tensors needs groups of equal size");
-  for (Eigen::Index g = 0; g < groups; ++g)
-    for (Eigen::Index r = 0; r < s.rows; ++r) {
-      const double v = static_cast<double>(u.scales(r, g));
-      if (static_cast<double>(q2n::detail::half_to_float(q2n::detail::double_to_half(v))) != v)
-        q2n::detail::fail(fn, ": scales(", r, ", ", g, ") = ", v,
-                          " is not an fp16 number; round the storage first (q2n::round_values)");
-    }
-  L.symmetric = (u.zeros.array().template cast<double>() == static_cast<double>(1 << (u.bits - 1))).all();
+  L.bits = p.bits;
+  L.group_size = p.group_size;
+  L.symmetric = p.symmetric;
+  L.actorder_group = p.permuted_groups;
   return L;
 }
 

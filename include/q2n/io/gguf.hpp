@@ -46,6 +46,7 @@
 /// Eigen::MatrixXf v = r.dequantize("blk.0.attn_v.weight");    // == dequantize(result.storage)
 /// \endcode
 
+#include "../detail/atomic_file.hpp"
 #include "../detail/half.hpp"
 #include "format_error.hpp"
 
@@ -500,22 +501,9 @@ class GgufWriter {
   /// \throws std::runtime_error if writing or renaming fails
   void write(const std::string& path) const {
     const std::vector<char> bytes = to_bytes();
-    const std::string tmp = path + ".tmp";
-    auto fail = [&](const std::string& what) {
-      std::error_code ignored;
-      std::filesystem::remove(tmp, ignored);
-      return std::runtime_error("q2n::io::GgufWriter::write: " + what);
-    };
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) throw fail("cannot create '" + tmp + "': " + std::strerror(errno));
+    q2n::detail::write_file_atomically(path, "q2n::io::GgufWriter::write", [&](std::ofstream& out) {
       out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      out.close();
-      if (!out) throw fail("cannot write '" + tmp + "'");
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) throw fail("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
+    });
   }
 
  private:

@@ -32,6 +32,7 @@
 /// nlohmann::json qc = q2n::io::gptq_quantization_config(layout);  // into config.json too
 /// \endcode
 
+#include "packed_grid.hpp"
 #include "safetensors.hpp"
 
 #include <q2n/packing.hpp>
@@ -66,42 +67,17 @@ struct GptqLayout {
 template <class Scalar>
 GptqLayout gptq_layout(const QuantStorage<Scalar>& s) {
   const char* fn = "q2n::io::gptq_layout";
-  q2n::detail::check_storage(s, fn);
-  if (!s.uniform || s.full_precision || s.binarized || s.codebook || !s.transforms.identity())
-    q2n::detail::fail(fn, ": the storage (method \"", s.method,
-                      "\") is not a single uniform grid; GPTQ checkpoints hold uniform codes "
-                      "only: write this layer densely");
-  const auto& u = *s.uniform;
-  if (u.form != AffineForm::zero_point)
-    q2n::detail::fail(fn, ": the grid is in offset form; GPTQ stores zero points");
-  if (u.bits != 2 && u.bits != 3 && u.bits != 4 && u.bits != 8)
-    q2n::detail::fail(fn, ": bits = ", u.bits, "; GPTQ checkpoints hold 2, 3, 4 or 8 bits");
+  const PackedGrid p = packed_grid(s, fn, "a GPTQ checkpoint");
+  if (p.bits != 2 && p.bits != 3 && p.bits != 4 && p.bits != 8)
+    q2n::detail::fail(fn, ": bits = ", p.bits, "; GPTQ checkpoints hold 2, 3, 4 or 8 bits");
   if (s.rows % 32 != 0 || s.cols % 32 != 0)
     q2n::detail::fail(fn, ": the layer is ", s.rows, " x ", s.cols,
                       "; GPTQ packing needs both a multiple of 32");
-  const Eigen::Index groups = u.scales.cols();
-  if (s.cols % groups != 0)
-    q2n::detail::fail(fn, ": ", groups, " groups do not divide cols = ", s.cols);
   GptqLayout L;
-  L.bits = u.bits;
-  L.group_size = groups == 1 ? -1 : s.cols / groups;
-  std::vector<Eigen::Index> size(static_cast<std::size_t>(groups), 0);
-  for (Eigen::Index c = 0; c < s.cols; ++c) {
-    ++size[static_cast<std::size_t>(u.g_idx(c))];
-    if (groups > 1 && u.g_idx(c) != c / L.group_size) L.desc_act = true;
-  }
-  for (Eigen::Index g = 0; g < groups; ++g)
-    if (size[static_cast<std::size_t>(g)] != s.cols / groups)
-      q2n::detail::fail(fn, ": group ", g, " has ", size[static_cast<std::size_t>(g)],
-                        " columns; GPTQ needs groups of equal size");
-  for (Eigen::Index g = 0; g < groups; ++g)
-    for (Eigen::Index r = 0; r < s.rows; ++r) {
-      const double v = static_cast<double>(u.scales(r, g));
-      if (static_cast<double>(q2n::detail::half_to_float(q2n::detail::double_to_half(v))) != v)
-        q2n::detail::fail(fn, ": scales(", r, ", ", g, ") = ", v,
-                          " is not an fp16 number; round the storage first (q2n::round_values)");
-    }
-  L.sym = (u.zeros.array().template cast<double>() == static_cast<double>(1 << (u.bits - 1))).all();
+  L.bits = p.bits;
+  L.group_size = p.group_size;
+  L.desc_act = p.permuted_groups;
+  L.sym = p.symmetric;
   L.format = L.sym ? GptqFormat::v1 : GptqFormat::v2;
   return L;
 }

@@ -31,6 +31,8 @@
 /// std::vector<double> flat = reader.read_flat<double>("layer.weight_fp16");
 /// \endcode
 
+#include "../detail/atomic_file.hpp"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cerrno>
@@ -918,28 +920,11 @@ class SafetensorsWriter {
   /// partial file.
   /// \throws std::runtime_error if writing or renaming fails (the temporary file is removed).
   void write(const std::string& path) const {
-    const std::string tmp = path + ".tmp";
     const std::string header = header_bytes();
-    auto fail = [&](const std::string& what) {
-      std::error_code ignored;
-      std::filesystem::remove(tmp, ignored);
-      return std::runtime_error("q2n::io::SafetensorsWriter::write: " + what);
-    };
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) throw fail("cannot create '" + tmp + "': " + std::strerror(errno));
+    q2n::detail::write_file_atomically(path, "q2n::io::SafetensorsWriter::write", [&](std::ofstream& out) {
       out.write(header.data(), static_cast<std::streamsize>(header.size()));
-      for (const Entry& e : entries_) {
-        out.write(e.bytes.data(), static_cast<std::streamsize>(e.bytes.size()));
-      }
-      out.flush();
-      if (!out) throw fail("cannot write '" + tmp + "'");
-      out.close();
-      if (!out) throw fail("cannot close '" + tmp + "'");
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) throw fail("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
+      for (const Entry& e : entries_) out.write(e.bytes.data(), static_cast<std::streamsize>(e.bytes.size()));
+    });
   }
 
  private:
