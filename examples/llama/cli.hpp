@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -108,13 +109,13 @@ inline std::vector<Method> method_list(ArgCursor& a) {
 // --export LIST: a comma list of gguf, gguf-f32, gptq, ct.
 inline std::vector<ExportFormat> export_list(ArgCursor& a) {
   std::vector<ExportFormat> out;
+  const ExportFormat formats[] = {ExportFormat::gguf, ExportFormat::gguf_f32, ExportFormat::gptq,
+                                  ExportFormat::ct};
   for (const auto& item : split_commas(a.value())) {
-    const char* names[] = {"gguf", "gguf-f32", "gptq", "ct"};
-    std::size_t k = 0;
-    while (k < 4 && item != names[k]) ++k;
-    if (k == 4) a.fail(a.flag(), " ", item, " is not one of gguf, gguf-f32, gptq, ct");
-    const auto f = static_cast<ExportFormat>(k + 1);
-    if (std::find(out.begin(), out.end(), f) == out.end()) out.push_back(f);
+    const auto* f = std::find_if(std::begin(formats), std::end(formats),
+                                 [&](ExportFormat x) { return item == export_format_name(x); });
+    if (f == std::end(formats)) a.fail(a.flag(), " ", item, " is not one of gguf, gguf-f32, gptq, ct");
+    if (std::find(out.begin(), out.end(), *f) == out.end()) out.push_back(*f);
   }
   if (out.empty()) a.fail(a.flag(), " needs at least one format");
   return out;
