@@ -16,10 +16,6 @@
 
 namespace {
 
-std::string ckpt_tmp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("q2n_test_ckpt_" + name)).string();
-}
-
 struct CkptCase {
   int bits;
   bool sym;
@@ -70,7 +66,8 @@ TEST_CASE("gptq export: the independent decoder recovers every module exactly") 
     CHECK(L.format == (c.sym ? q2n::io::GptqFormat::v1 : q2n::io::GptqFormat::v2));
     q2n::io::SafetensorsWriter w;
     q2n::io::add_gptq_linear(w, "m", s);
-    const std::string p = ckpt_tmp_path("gptq.safetensors");
+    const q2n_test::TempFile p_file("gptq.safetensors");
+  const std::string p = p_file.str();
     w.write(p);
     q2n::io::SafetensorsReader r(p);
     CHECK(r.info("m.qweight").shape == std::vector<std::int64_t>{128 * c.bits / 32, 64});
@@ -131,7 +128,8 @@ TEST_CASE("compressed-tensors export: the independent decoder recovers every mod
     CHECK(L.actorder_group == c.act_order);
     q2n::io::SafetensorsWriter w;
     q2n::io::add_compressed_tensors_linear(w, "m", s);
-    const std::string p = ckpt_tmp_path("ct.safetensors");
+    const q2n_test::TempFile p_file("ct.safetensors");
+  const std::string p = p_file.str();
     w.write(p);
     q2n::io::SafetensorsReader r(p);
     const std::int64_t pf = 32 / c.bits;
@@ -157,7 +155,8 @@ TEST_CASE("compressed-tensors export: an asymmetric checkpoint writes every modu
   const auto s = gptq_storage(CkptCase{4, true, 32, false}, 32, 64, 50);
   q2n::io::SafetensorsWriter w;
   q2n::io::add_compressed_tensors_linear(w, "m", s, /*symmetric=*/false);
-  const std::string p = ckpt_tmp_path("ct_asym.safetensors");
+  const q2n_test::TempFile p_file("ct_asym.safetensors");
+  const std::string p = p_file.str();
   w.write(p);
   q2n::io::SafetensorsReader r(p);
   REQUIRE(r.contains("m.weight_zero_point"));

@@ -23,10 +23,6 @@ using q2n::io::GgmlType;
 using q2n::io::GgufReader;
 using q2n::io::GgufWriter;
 
-std::string gguf_tmp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("q2n_test_gguf_" + name)).string();
-}
-
 // A 1 × 32 uniform storage with one group.
 q2n::QuantStorage<float> one_block(int bits, float scale, float zero, const std::vector<int>& codes) {
   q2n::UniformGrid<float> g;
@@ -42,7 +38,8 @@ q2n::QuantStorage<float> one_block(int bits, float scale, float zero, const std:
 std::vector<unsigned char> block_bytes(const q2n::QuantStorage<float>& s, GgmlType* type = nullptr) {
   GgufWriter w;
   w.add_quantized("t", s);
-  const std::string p = gguf_tmp_path("block.gguf");
+  const q2n_test::TempFile p_file("block.gguf");
+  const std::string p = p_file.str();
   w.write(p);
   GgufReader r(p);
   if (type) *type = r.info("t").type;
@@ -144,7 +141,8 @@ TEST_CASE("gguf: carrier rules over widths and symmetry, exact round trips") {
     else CHECK(t == GgmlType::Q8_0);
     GgufWriter w;
     w.add_quantized("w", s);
-    const std::string p = gguf_tmp_path("rules.gguf");
+    const q2n_test::TempFile p_file("rules.gguf");
+  const std::string p = p_file.str();
     w.write(p);
     GgufReader r(p);
     CHECK(r.info("w").ne == std::vector<std::uint64_t>{128, 40});
@@ -206,7 +204,8 @@ TEST_CASE("gguf: row order moves whole rows of quantized and dense tensors") {
   w.add_quantized("q", s, std::nullopt, order);
   const Eigen::MatrixXf Q = q2n::dequantize(s);
   w.add_dense("d", Q, GgmlType::F32, order);
-  const std::string p = gguf_tmp_path("order.gguf");
+  const q2n_test::TempFile p_file("order.gguf");
+  const std::string p = p_file.str();
   w.write(p);
   GgufReader r(p);
   const auto fq = r.dequantize("q"), fd = r.dequantize("d");
@@ -235,7 +234,8 @@ TEST_CASE("gguf: metadata of every type, dense tensors and the file layout") {
   w.add_dense("m16", M, GgmlType::F16);
   w.add_dense("mbf", M, GgmlType::BF16);
   w.add_dense("v", Eigen::VectorXf::LinSpaced(7, 0, 6));
-  const std::string p = gguf_tmp_path("meta.gguf");
+  const q2n_test::TempFile p_file("meta.gguf");
+  const std::string p = p_file.str();
   w.write(p);
   GgufReader r(p);
   CHECK(r.version() == 3);
@@ -277,7 +277,8 @@ TEST_CASE("gguf: the reader names the file in its FormatErrors") {
   auto write = [](const std::string& p, const std::vector<char>& b) {
     std::ofstream(p, std::ios::binary).write(b.data(), static_cast<std::streamsize>(b.size()));
   };
-  const std::string p = gguf_tmp_path("broken.gguf");
+  const q2n_test::TempFile p_file("broken.gguf");
+  const std::string p = p_file.str();
   write(p, std::vector<char>(bytes.begin(), bytes.end() - 8));
   CHECK_THROWS_WITH_AS(GgufReader{p}, doctest::Contains("broken.gguf': tensor 'm' extends past the end"),
                        q2n::io::FormatError);
@@ -314,7 +315,8 @@ TEST_CASE("gguf: Llama conventions: byte alphabet, names, metadata") {
   p.vocab_size = 256;
   q2n::io::add_llama_metadata(w, p);
   q2n::io::add_byte_tokenizer(w, 10, 10);
-  const std::string path = gguf_tmp_path("llama.gguf");
+  const q2n_test::TempFile path_file("llama.gguf");
+  const std::string path = path_file.str();
   w.write(path);
   GgufReader r(path);
   CHECK(r.value("general.architecture").s == "llama");

@@ -33,25 +33,7 @@ const DType kAllDTypes[] = {DType::BOOL, DType::U8,  DType::I8,  DType::I16, DTy
                             DType::I32,  DType::U32, DType::I64, DType::U64, DType::F16,
                             DType::BF16, DType::F32, DType::F64};
 
-// A unique path in the system temporary directory (tests run as parallel processes), removed
-// together with its ".tmp" sibling when the object goes out of scope.
-struct TempFile {
-  fs::path path;
-  explicit TempFile(const std::string& tag) {
-    static std::atomic<int> counter{0};
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("q2n_test_" + tag + "_" + std::to_string(rd()) + "_" +
-                                        std::to_string(counter++) + ".safetensors");
-  }
-  ~TempFile() {
-    std::error_code ec;
-    fs::remove(path, ec);
-    fs::remove(path.string() + ".tmp", ec);
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  std::string str() const { return path.string(); }
-};
+using q2n_test::TempFile;
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -150,7 +132,7 @@ TEST_CASE("dtype names, sizes and lookup") {
 }
 
 TEST_CASE("round trip of every dtype, extremes included") {
-  TempFile file("every_dtype");
+  TempFile file("every_dtype.safetensors");
   SafetensorsWriter w;
   for (DType t : kAllDTypes) {
     const std::vector<double> v = representable_values(t);
@@ -238,7 +220,7 @@ TEST_CASE("the byte layout matches the format, checked by hand") {
       0xFE, 0xFF};                                     // I16 -2
   CHECK(data == expected);
 
-  TempFile file("layout");
+  TempFile file("layout.safetensors");
   w.write(file.str());
   SafetensorsReader r(file.str());
   CHECK(r.metadata() == std::map<std::string, std::string>{{"format", "pt"}, {"bits", "4"}});
@@ -269,7 +251,7 @@ TEST_CASE("row-major, column-major, strided and expression inputs serialize in C
   CHECK(bytes_of(cm.array()) == reference);  // an array
   CHECK(bytes_of(rm.transpose().transpose()) == reference);
 
-  TempFile file("orders");
+  TempFile file("orders.safetensors");
   SafetensorsWriter w;
   w.add("cm", cm);  // default dtype F32
   w.add("t", cm.transpose());
@@ -304,7 +286,7 @@ TEST_CASE("N-D shapes, vectors, scalars and empty tensors") {
   CHECK_THROWS_AS(w.add_flat<float>("bad", {1, 2}, DType::F32,
                                     {std::int64_t{1} << 62, std::int64_t{1} << 62, 0, 4}),
                   std::invalid_argument);
-  TempFile file("shapes");
+  TempFile file("shapes.safetensors");
   w.write(file.str());
 
   SafetensorsReader r(file.str());
@@ -336,7 +318,7 @@ TEST_CASE("N-D shapes, vectors, scalars and empty tensors") {
 }
 
 TEST_CASE("metadata: format pt by default, user entries, override") {
-  TempFile file("meta");
+  TempFile file("meta.safetensors");
   SafetensorsWriter w;
   w.set_metadata("rows", "64");
   w.set_metadata("note", "ünïcode \"quoted\" text");
@@ -352,7 +334,7 @@ TEST_CASE("metadata: format pt by default, user entries, override") {
 }
 
 TEST_CASE("conversions on read and write") {
-  TempFile file("conv");
+  TempFile file("conv.safetensors");
   SafetensorsWriter w;
   w.add_flat<std::int64_t>("i64", {300, -5}, DType::I64, {2});
   w.add_flat<std::uint8_t>("u8", {200, 1}, DType::U8, {2});
@@ -418,7 +400,7 @@ TEST_CASE("the writer refuses values a dtype cannot hold and bad names") {
   CHECK_THROWS_AS(w.add_flat<int>(std::string("\xc3\x28"), {1}, DType::I32, {1}),
                   std::invalid_argument);
   // Failed adds leave nothing behind.
-  TempFile file("refuse");
+  TempFile file("refuse.safetensors");
   w.write(file.str());
   SafetensorsReader r(file.str());
   CHECK(r.names() == std::vector<std::string>{"ok", "flags"});
@@ -513,7 +495,7 @@ TEST_CASE("conformance vectors: all six files are consistent with their metadata
 TEST_CASE("corrupted files raise FormatError naming file, tensor and problem") {
   const std::string good_data(16, '\0');
   const std::string w_ok = R"("W": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]})";
-  TempFile file("corrupt");
+  TempFile file("corrupt.safetensors");
   const std::string path = file.str();
 
   // Writes `bytes`, opens a reader, and returns the FormatError message; the message must name

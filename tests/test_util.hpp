@@ -2,9 +2,12 @@
 // Shared helpers for the test suite: deterministic data that looks like LLM activations.
 #include <Eigen/Core>
 
+#include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <random>
 #include <string>
+#include <system_error>
 
 // The scalar types of the templated tests. The sanitizer build defines Q2N_TEST_FLOAT_ONLY
 // and runs the float instantiations only: memory and undefined-behaviour errors live in index
@@ -19,6 +22,29 @@
 namespace q2n_test {
 
 inline std::string data_path(const std::string& rel) { return std::string(Q2N_TEST_DATA_DIR) + "/" + rel; }
+
+/// A path in the system temporary directory that no other test process uses (CTest runs the
+/// test cases as parallel processes), ending in `name`; the file and its ".tmp" sibling are
+/// removed when the object goes out of scope.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& name) {
+    static std::atomic<int> counter{0};
+    path_ = std::filesystem::temp_directory_path() /
+            ("q2n_test_" + std::to_string(std::random_device{}()) + "_" + std::to_string(counter++) + "_" + name);
+  }
+  ~TempFile() {
+    std::error_code ec;
+    std::filesystem::remove(path_, ec);
+    std::filesystem::remove(path_.string() + ".tmp", ec);
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  std::string str() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
 
 template <class Scalar>
 using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
