@@ -1,0 +1,127 @@
+#pragma once
+/// \file detail/kmeans1d.hpp
+/// Weighted one-dimensional k-means (Lloyd's algorithm), exact and fast.
+///
+/// The points are sorted once with their weights; prefix sums of ω and ω·x (double) then give
+/// any run's weighted mean in O(1). With the centroids sorted, a point belongs to the nearest
+/// centroid (ties to the lowest index) exactly when it lies in that centroid's run of the
+/// sorted points, and the run's ends are found by binary search at the midpoints between
+/// neighbouring distinct centroids. One Lloyd step costs O(K log n) instead of O(n K), with
+/// the same iterates as the naive step (the tests compare the two). A 1-D Lloyd step keeps
+/// sorted centroids sorted (a cluster's new centroid stays inside its own cell), except that a
+/// centroid left empty beside a moved equal one is passed; the centroids are re-sorted then.
+///
+/// Stopping rules are scikit-learn's (which the LeanQuant reference calls): stop when the
+/// assignment did not change (strict convergence), or when the summed squared centroid shift
+/// is at most `tol · var(x)` (unweighted population variance), or after max_iter steps.
+/// An empty cluster (or one whose points all have weight 0) keeps its centroid, where
+/// scikit-learn would move it to the point farthest from its centroid.
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+namespace q2n::detail {
+
+/// Points of one row sorted by value, with prefix sums of their weights.
+class SortedPoints {
+ public:
+  /// x: n values, w: n non-negative weights (weight j belongs to x[j]).
+  template <class T>
+  SortedPoints(const T* x, const double* w, Eigen::Index n) : x_(static_cast<std::size_t>(n)) {
+    std::vector<std::pair<double, double>> p(static_cast<std::size_t>(n));
+    for (Eigen::Index j = 0; j < n; ++j) p[static_cast<std::size_t>(j)] = {static_cast<double>(x[j]), w[j]};
+    std::sort(p.begin(), p.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    cw_.assign(static_cast<std::size_t>(n) + 1, 0.0);
+    cwx_.assign(static_cast<std::size_t>(n) + 1, 0.0);
+    double mean = 0;
+    for (std::size_t j = 0; j < p.size(); ++j) {
+      x_[j] = p[j].first;
+      cw_[j + 1] = cw_[j] + p[j].second;
+      cwx_[j + 1] = cwx_[j] + p[j].second * p[j].first;
+      mean += p[j].first;
+    }
+    mean /= static_cast<double>(n);
+    for (double v : x_) var_ += (v - mean) * (v - mean);
+    var_ /= static_cast<double>(n);
+  }
+  std::size_t size() const { return x_.size(); }
+  double min() const { return x_.front(); }
+  double max() const { return x_.back(); }
+  double variance() const { return var_; }  ///< unweighted population variance
+  /// Number of points ≤ v.
+  std::size_t count_le(double v) const {
+    return static_cast<std::size_t>(std::upper_bound(x_.begin(), x_.end(), v) - x_.begin());
+  }
+  double weight(std::size_t a, std::size_t b) const { return cw_[b] - cw_[a]; }
+  double weighted_sum(std::size_t a, std::size_t b) const { return cwx_[b] - cwx_[a]; }
+
+ private:
+  std::vector<double> x_, cw_, cwx_;
+  double var_ = 0;
+};
+
+/// Ends of the clusters of sorted centroids c over the sorted points: cluster k holds the
+/// points [ends[k−1], ends[k]) (ends[−1] = 0). A centroid equal to its predecessor gets none
+/// (ties go to the lowest index).
+inline void cluster_ends(const SortedPoints& pts, const std::vector<double>& c, std::vector<std::size_t>& ends) {
+  const std::size_t K = c.size();
+  ends.resize(K);
+  std::size_t start = 0;
+  for (std::size_t k = 0; k < K; ++k) {
+    if (k > 0 && c[k] == c[k - 1]) {
+      ends[k] = start;
+      continue;
+    }
+    std::size_t next = k + 1;
+    while (next < K && c[next] == c[k]) ++next;
+    ends[k] = next < K ? std::max(start, pts.count_le(0.5 * (c[k] + c[next]))) : pts.size();
+    start = ends[k];
+  }
+}
+
+/// Result of kmeans1d.
+struct KMeans1d {
+  std::vector<double> centroids;  ///< sorted ascending
+  int iterations = 0;             ///< Lloyd steps taken
+};
+
+/// Weighted Lloyd from K centroids at linspace(min x, max x, K).
+inline KMeans1d kmeans1d(const SortedPoints& pts, int K, int max_iter, double tol) {
+  KMeans1d res;
+  std::vector<double>& c = res.centroids;
+  c.resize(static_cast<std::size_t>(K));
+  const double lo = pts.min(), hi = pts.max();
+  for (int k = 0; k < K; ++k)
+    c[static_cast<std::size_t>(k)] = K == 1 ? lo : lo + (hi - lo) * (static_cast<double>(k) / (K - 1));
+  if (K > 1) c.back() = hi;
+  const double tol_abs = tol * pts.variance();
+  std::vector<std::size_t> ends, previous;
+  for (int it = 0; it < max_iter; ++it) {
+    cluster_ends(pts, c, ends);
+    ++res.iterations;
+    if (ends == previous) break;  // same assignment: the centroids would not move
+    double shift = 0;
+    std::size_t a = 0;
+    for (std::size_t k = 0; k < c.size(); ++k) {
+      const std::size_t b = ends[k];
+      const double w = pts.weight(a, b);
+      if (b > a && w > 0) {
+        const double moved = pts.weighted_sum(a, b) / w;
+        shift += (moved - c[k]) * (moved - c[k]);
+        c[k] = moved;
+      }
+      a = b;
+    }
+    // Only a centroid that kept its place next to a moved duplicate can fall out of order.
+    std::sort(c.begin(), c.end());
+    if (shift <= tol_abs) break;
+    previous.swap(ends);
+  }
+  return res;
+}
+
+}  // namespace q2n::detail
