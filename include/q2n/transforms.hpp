@@ -1,0 +1,368 @@
+#pragma once
+/// \file transforms.hpp
+/// Fast orthogonal transforms for quantizing in another basis (QuIP's incoherence processing,
+/// QuaRot's rotations): each is an OrthogonalTransform (storage.hpp) that applies itself and
+/// its transpose without being formed, and can be formed densely (dense()) for tests.
+///
+/// - fwht: the in-place fast Walsh–Hadamard transform of 2^k values, n·k additions.
+/// - HadamardTransform: `had(x) = (H_K ⊗ H_{2^k}) x / √n` for n = K·2^k (H_{2^k} Sylvester in
+///   natural order, index i = a·2^k + b), optionally after random signs `diag(ε)` (the
+///   randomized Hadamard transform of QuIP#/QuaRot). Cost per vector n·k + n·K. H_K is built
+///   by the Paley constructions for K ≤ 256 (K − 1 a prime ≡ 3 mod 4, or K/2 − 1 a prime ≡ 1
+///   mod 4: 12, 20, 28, 36, 44, 60, 108, 140, … and, by taking K as small as possible, every
+///   n = 2^k·{1, 3, 5, 7, 9, 15, 27, 35}); sizes whose odd part needs another construction
+///   (52, 156 and 172: n = 11008 among the common widths) are refused unless H_K is given.
+/// - KroneckerTransform: `P_out (A ⊗ B) P_in` with A (p × p), B (q × q) orthogonal and two
+///   permutations (QuIP's incoherence transform); cost per vector n·(p + q). random() draws A
+///   and B Haar-distributed and the permutations uniformly from a seed, with n = p·q split as
+///   QuIP does.
+///
+/// Random draws use std::mt19937_64's raw output (specified by the C++ standard), never the
+/// library-defined distributions, so a seed gives the same transform with any standard library.
+///
+/// \code
+/// auto V = q2n::HadamardTransform<float>::randomized(4096, /*seed=*/1);
+/// Eigen::MatrixXf X = ...;            // 4096 rows
+/// V.apply(X, false);                  // X ← V X
+/// V.apply(X, true);                   // X ← Vᵀ X: back to the start, up to rounding
+/// \endcode
+
+#include <q2n/detail/check.hpp>
+#include <q2n/storage.hpp>
+
+#include <Eigen/Core>
+#include <Eigen/QR>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace q2n {
+
+/// In-place fast Walsh–Hadamard transform (unnormalized, Sylvester order) of n = 2^k values
+/// spaced `stride` apart: x ← H_n x.
+template <class T>
+void fwht(T* x, Eigen::Index n, Eigen::Index stride = 1) {
+  for (Eigen::Index h = 1; h < n; h *= 2)
+    for (Eigen::Index a = 0; a < n; a += 2 * h)
+      for (Eigen::Index i = a; i < a + h; ++i) {
+        const T u = x[i * stride], v = x[(i + h) * stride];
+        x[i * stride] = u + v;
+        x[(i + h) * stride] = u - v;
+      }
+}
+
+namespace detail {
+
+inline bool is_prime(long long q) {
+  if (q < 2) return false;
+  for (long long d = 2; d * d <= q; ++d)
+    if (q % d == 0) return false;
+  return true;
+}
+
+/// Legendre symbol of a modulo the odd prime q: 0, 1 or −1.
+inline int legendre(long long a, long long q) {
+  a = ((a % q) + q) % q;
+  if (a == 0) return 0;
+  long long r = 1, b = a, e = (q - 1) / 2;
+  while (e > 0) {
+    if (e & 1) r = r * b % q;
+    b = b * b % q;
+    e >>= 1;
+  }
+  return r == 1 ? 1 : -1;
+}
+
+/// A Hadamard matrix of order K (±1 entries, H Hᵀ = K I) for K = 1, 2, or a Paley order;
+/// empty when K has none of these constructions.
+inline Eigen::MatrixXd paley_hadamard(long long K) {
+  using M = Eigen::MatrixXd;
+  if (K == 1) return M::Ones(1, 1);
+  if (K == 2) return (M(2, 2) << 1, 1, 1, -1).finished();
+  if (K % 4 != 0) return M();
+  const long long q1 = K - 1;
+  if (is_prime(q1) && q1 % 4 == 3) {
+    // Paley I: H = I + S, S = [0 1ᵀ; −1 Q], Q_ij = χ(j − i) (antisymmetric for q ≡ 3 mod 4).
+    M H = M::Identity(K, K);
+    for (long long i = 1; i < K; ++i) H(0, i) = 1, H(i, 0) = -1;
+    for (long long i = 0; i < q1; ++i)
+      for (long long j = 0; j < q1; ++j) H(i + 1, j + 1) += legendre(j - i, q1);
+    return H;
+  }
+  const long long q2 = K / 2 - 1;
+  if (is_prime(q2) && q2 % 4 == 1) {
+    // Paley II: C = [0 1ᵀ; 1 Q] (symmetric conference matrix for q ≡ 1 mod 4),
+    // H = C ⊗ [1 1; 1 −1] + I ⊗ [1 −1; −1 −1].
+    const long long c = q2 + 1;
+    M C = M::Zero(c, c);
+    for (long long i = 1; i < c; ++i) C(0, i) = C(i, 0) = 1;
+    for (long long i = 0; i < q2; ++i)
+      for (long long j = 0; j < q2; ++j) C(i + 1, j + 1) = legendre(j - i, q2);
+    M H(K, K);
+    for (long long i = 0; i < c; ++i)
+      for (long long j = 0; j < c; ++j) {
+        const double e = C(i, j), d = i == j ? 1.0 : 0.0;
+        H(2 * i, 2 * j) = e + d;
+        H(2 * i, 2 * j + 1) = e - d;
+        H(2 * i + 1, 2 * j) = e - d;
+        H(2 * i + 1, 2 * j + 1) = -e - d;
+      }
+    return H;
+  }
+  return M();
+}
+
+/// Uniform double in [0, 1) from 53 raw bits.
+inline double uniform01(std::mt19937_64& g) { return static_cast<double>(g() >> 11) * 0x1.0p-53; }
+
+/// Standard normal by Box–Muller from raw bits.
+inline double standard_normal(std::mt19937_64& g) {
+  const double u1 = 1.0 - uniform01(g), u2 = uniform01(g);  // u1 in (0, 1]
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+/// Uniform permutation of 0..n−1 (Fisher–Yates from raw bits).
+inline std::vector<int> random_permutation(Eigen::Index n, std::mt19937_64& g) {
+  std::vector<int> p(static_cast<std::size_t>(n));
+  for (Eigen::Index i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = static_cast<int>(i);
+  for (Eigen::Index i = n - 1; i > 0; --i) {
+    const auto j = static_cast<Eigen::Index>(uniform01(g) * static_cast<double>(i + 1));
+    std::swap(p[static_cast<std::size_t>(i)], p[static_cast<std::size_t>(std::min(j, i))]);
+  }
+  return p;
+}
+
+/// Haar-distributed orthogonal n × n: QR of a Gaussian matrix, columns signed by diag(R).
+inline Eigen::MatrixXd haar_orthogonal(Eigen::Index n, std::mt19937_64& g) {
+  Eigen::MatrixXd G(n, n);
+  for (Eigen::Index i = 0; i < G.size(); ++i) G.data()[i] = standard_normal(g);
+  Eigen::HouseholderQR<Eigen::MatrixXd> qr(G);
+  Eigen::MatrixXd Q = qr.householderQ();
+  for (Eigen::Index j = 0; j < n; ++j)
+    if (qr.matrixQR()(j, j) < 0) Q.col(j) = -Q.col(j);
+  return Q;
+}
+
+template <class Scalar>
+void check_transform_rows(const OrthogonalTransform<Scalar>& t, Eigen::Index rows, const char* fn) {
+  if (rows != t.size())
+    fail(fn, ": X has ", rows, " rows but the transform has size ", t.size(),
+         "; pass a matrix with size() rows");
+}
+
+}  // namespace detail
+
+/// The orthogonal Hadamard transform of size n = K·2^k, optionally after random signs.
+template <class Scalar>
+class HadamardTransform final : public OrthogonalTransform<Scalar> {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// The smallest K ≤ 256 (with n / K a power of two) that has a built-in construction, or 0.
+  static Eigen::Index base_order(Eigen::Index n) {
+    if (n <= 0) return 0;
+    Eigen::Index odd = n;
+    while (odd % 2 == 0) odd /= 2;
+    for (Eigen::Index K = odd; K <= 256 && n % K == 0; K *= 2)
+      if (detail::paley_hadamard(K).size() > 0) return K;
+    return 0;
+  }
+
+  /// had of size n; `signs` (n entries of ±1, or empty) are applied first: T = had · diag(ε).
+  /// \throws std::invalid_argument when n has no built-in construction (see the file comment)
+  explicit HadamardTransform(Eigen::Index n, std::vector<std::int8_t> signs = {})
+      : HadamardTransform(n, base_matrix(n), std::move(signs)) {}
+
+  /// had of size n with a given Hadamard matrix H_K (±1 entries, H_K H_Kᵀ = K I, n / K a
+  /// power of two), for sizes whose K has no built-in construction (52, 156, 172).
+  HadamardTransform(Eigen::Index n, const Eigen::MatrixXd& hadK, std::vector<std::int8_t> signs = {})
+      : n_(n), K_(hadK.rows()), signs_(std::move(signs)) {
+    const char* fn = "q2n::HadamardTransform";
+    if (n <= 0) detail::fail(fn, ": n = ", n, " must be positive");
+    if (K_ <= 0 || hadK.cols() != K_ || n % K_ != 0 || !power_of_two(n / K_))
+      detail::fail(fn, ": H_K is ", hadK.rows(), " x ", hadK.cols(), "; pass a square K x K matrix with n / K a power of two (n = ", n, ")");
+    if (!((hadK.array() == 1.0) || (hadK.array() == -1.0)).all() ||
+        (hadK * hadK.transpose() - double(K_) * Eigen::MatrixXd::Identity(K_, K_)).cwiseAbs().maxCoeff() != 0)
+      detail::fail(fn, ": H_K is not a Hadamard matrix (entries ±1, H_K H_Kᵀ = K I)");
+    if (!signs_.empty()) {
+      if (static_cast<Eigen::Index>(signs_.size()) != n)
+        detail::fail(fn, ": signs has ", signs_.size(), " entries; pass n = ", n, " or none");
+      for (auto s : signs_)
+        if (s != 1 && s != -1) detail::fail(fn, ": signs must be +1 or -1");
+    }
+    hadK_ = hadK.cast<Scalar>();
+    scale_ = static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(n)));
+  }
+
+  /// The randomized Hadamard transform had · diag(ε), ε uniform ±1 from `seed`.
+  static HadamardTransform randomized(Eigen::Index n, std::uint64_t seed) {
+    std::mt19937_64 g(seed);
+    std::vector<std::int8_t> s(static_cast<std::size_t>(std::max<Eigen::Index>(n, 0)));
+    for (auto& e : s) e = (g() >> 63) ? 1 : -1;
+    return HadamardTransform(n, std::move(s));
+  }
+
+  Eigen::Index size() const override { return n_; }
+  Eigen::Index base() const { return K_; }
+  const std::vector<std::int8_t>& signs() const { return signs_; }
+
+  void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
+    detail::check_transform_rows(*this, X.rows(), "q2n::HadamardTransform::apply");
+    const Eigen::Index m = n_ / K_;
+    Matrix tmp(K_, m);
+    for (Eigen::Index c = 0; c < X.cols(); ++c) {
+      Scalar* x = X.col(c).data();
+      if (!transpose) sign(x);
+      // x viewed as K × m row-major: FWHT every row, then H_K (or H_Kᵀ) from the left.
+      for (Eigen::Index a = 0; a < K_; ++a) fwht(x + a * m, m);
+      if (K_ > 1) {
+        Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> V(x, K_, m);
+        if (transpose) tmp.noalias() = hadK_.transpose() * V;
+        else tmp.noalias() = hadK_ * V;
+        V = tmp;
+      }
+      for (Eigen::Index i = 0; i < n_; ++i) x[i] *= scale_;
+      if (transpose) sign(x);
+    }
+  }
+
+  /// The n × n matrix.
+  Matrix dense() const {
+    Matrix I = Matrix::Identity(n_, n_);
+    apply(I, false);
+    return I;
+  }
+
+ private:
+  static bool power_of_two(Eigen::Index v) { return v > 0 && (v & (v - 1)) == 0; }
+  static Eigen::MatrixXd base_matrix(Eigen::Index n) {
+    const Eigen::Index K = base_order(n);
+    if (K == 0) {
+      Eigen::Index odd = n;
+      while (odd > 0 && odd % 2 == 0) odd /= 2;
+      detail::fail("q2n::HadamardTransform: no built-in Hadamard matrix for n = ", n,
+                   " (odd part ", odd, "; the built-in Paley constructions reach K <= 256 with "
+                   "K - 1 a prime = 3 mod 4 or K/2 - 1 a prime = 1 mod 4); pass H_K for a K that "
+                   "divides n with n / K a power of two (e.g. from N. J. A. Sloane's library of "
+                   "Hadamard matrices)");
+    }
+    return detail::paley_hadamard(K);
+  }
+  void sign(Scalar* x) const {
+    if (!signs_.empty())
+      for (Eigen::Index i = 0; i < n_; ++i)
+        if (signs_[static_cast<std::size_t>(i)] < 0) x[i] = -x[i];
+  }
+
+  Eigen::Index n_, K_;
+  std::vector<std::int8_t> signs_;
+  Matrix hadK_;
+  Scalar scale_;
+};
+
+/// `P_out (A ⊗ B) P_in`: A (p × p) and B (q × q) orthogonal, n = p·q; `(P x)_i = x[perm[i]]`.
+template <class Scalar>
+class KroneckerTransform final : public OrthogonalTransform<Scalar> {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// \param perm_in, perm_out permutations of 0..n−1, or empty (identity)
+  /// \throws std::invalid_argument unless A and B are orthogonal (DenseTransform's test)
+  KroneckerTransform(Matrix A, Matrix B, std::vector<int> perm_in = {}, std::vector<int> perm_out = {})
+      : a_(std::move(A)), b_(std::move(B)), in_(std::move(perm_in)), out_(std::move(perm_out)) {
+    DenseTransform<Scalar> check_a(a_), check_b(b_);  // orthogonality, finiteness
+    n_ = a_.rows() * b_.rows();
+    check_perm(in_, "perm_in");
+    check_perm(out_, "perm_out");
+  }
+
+  /// The split n = p·q QuIP uses: n's prime factors ascending with multiplicity, p the
+  /// product of those at even positions, q of those at odd positions (4096 → 64 · 64,
+  /// 5120 → 160 · 32, 14336 → 64 · 224).
+  static std::pair<Eigen::Index, Eigen::Index> split(Eigen::Index n) {
+    if (n <= 0) detail::fail("q2n::KroneckerTransform::split: n = ", n, " must be positive");
+    std::vector<Eigen::Index> f;
+    Eigen::Index r = n;
+    for (Eigen::Index d = 2; d * d <= r; ++d)
+      while (r % d == 0) f.push_back(d), r /= d;
+    if (r > 1) f.push_back(r);
+    Eigen::Index p = 1, q = 1;
+    for (std::size_t i = 0; i < f.size(); ++i) (i % 2 == 0 ? p : q) *= f[i];
+    return {p, q};
+  }
+
+  /// Haar-random A and B (split(n)) and uniform permutations, all from `seed`.
+  static KroneckerTransform random(Eigen::Index n, std::uint64_t seed) {
+    const auto [p, q] = split(n);
+    std::mt19937_64 g(seed);
+    Matrix A = detail::haar_orthogonal(p, g).cast<Scalar>();
+    Matrix B = detail::haar_orthogonal(q, g).cast<Scalar>();
+    std::vector<int> pin = detail::random_permutation(n, g), pout = detail::random_permutation(n, g);
+    return KroneckerTransform(std::move(A), std::move(B), std::move(pin), std::move(pout));
+  }
+
+  Eigen::Index size() const override { return n_; }
+  const Matrix& left() const { return a_; }
+  const Matrix& right() const { return b_; }
+
+  void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
+    detail::check_transform_rows(*this, X.rows(), "q2n::KroneckerTransform::apply");
+    const Eigen::Index p = a_.rows(), q = b_.rows();
+    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> y(n_);
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> t(p, q);
+    for (Eigen::Index c = 0; c < X.cols(); ++c) {
+      Scalar* x = X.col(c).data();
+      // T x = P_out (A ⊗ B) P_in x;  Tᵀ x = P_inᵀ (Aᵀ ⊗ Bᵀ) P_outᵀ x.
+      const std::vector<int>& first = transpose ? out_ : in_;
+      const std::vector<int>& last = transpose ? in_ : out_;
+      gather_or_scatter(x, y.data(), first, /*gather=*/!transpose);
+      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Y(y.data(), p, q);
+      if (transpose) t.noalias() = a_.transpose() * Y * b_;
+      else t.noalias() = a_ * Y * b_.transpose();
+      gather_or_scatter(t.data(), x, last, /*gather=*/!transpose);
+    }
+  }
+
+  /// The n × n matrix.
+  Matrix dense() const {
+    Matrix I = Matrix::Identity(n_, n_);
+    apply(I, false);
+    return I;
+  }
+
+ private:
+  void check_perm(const std::vector<int>& p, const char* name) const {
+    if (p.empty()) return;
+    std::vector<char> seen(static_cast<std::size_t>(n_), 0);
+    bool ok = static_cast<Eigen::Index>(p.size()) == n_;
+    for (int v : p) {
+      if (!ok || v < 0 || v >= n_ || seen[static_cast<std::size_t>(v)]) {
+        ok = false;
+        break;
+      }
+      seen[static_cast<std::size_t>(v)] = 1;
+    }
+    if (!ok) detail::fail("q2n::KroneckerTransform: ", name, " is not a permutation of 0..", n_ - 1);
+  }
+  // gather: dst[i] = src[perm[i]] (P x);  scatter: dst[perm[i]] = src[i] (Pᵀ x).
+  void gather_or_scatter(const Scalar* src, Scalar* dst, const std::vector<int>& perm, bool gather) const {
+    if (perm.empty()) {
+      std::copy(src, src + n_, dst);
+    } else if (gather) {
+      for (Eigen::Index i = 0; i < n_; ++i) dst[i] = src[perm[static_cast<std::size_t>(i)]];
+    } else {
+      for (Eigen::Index i = 0; i < n_; ++i) dst[perm[static_cast<std::size_t>(i)]] = src[i];
+    }
+  }
+
+  Matrix a_, b_;
+  std::vector<int> in_, out_;
+  Eigen::Index n_ = 0;
+};
+
+}  // namespace q2n

@@ -1,0 +1,202 @@
+// Fast orthogonal transforms (q2n/transforms.hpp): every transform against an independent dense
+// formula, orthogonality, transposes, the Hadamard sizes of common LLM widths, QuIP's Kronecker
+// split, determinism of the seeded draws, and bad input.
+#include <doctest/doctest.h>
+
+#include <q2n/transforms.hpp>
+
+#include "test_util.hpp"
+
+#include <bitset>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using q2n_test::Mat;
+
+// Sylvester's H_m entry, independent of the butterflies: (−1)^popcount(a & b).
+double sylvester(Eigen::Index a, Eigen::Index b) {
+  return std::bitset<64>(static_cast<unsigned long long>(a & b)).count() % 2 ? -1.0 : 1.0;
+}
+
+// had(n)'s column j by the definition (H_K ⊗ H_m)(i, j) / √n, i = a·m + b.
+Eigen::VectorXd had_column(const Eigen::MatrixXd& hadK, Eigen::Index n, Eigen::Index j) {
+  const Eigen::Index K = hadK.rows(), m = n / K;
+  Eigen::VectorXd c(n);
+  for (Eigen::Index i = 0; i < n; ++i)
+    c(i) = hadK(i / m, j / m) * sylvester(i % m, j % m) / std::sqrt(double(n));
+  return c;
+}
+
+// Entries of a dense transform: the butterflies and H_K act on a unit vector exactly (sums of
+// ±1), so an entry ±1/√n carries one rounding of the scale: within 2 ulp of 1/√n. A Kronecker
+// entry is one product A(a, c)·B(b, d): within 2 ulp of its magnitude (≤ 1).
+template <class T>
+double entry_tol(Eigen::Index n) {
+  return 2 * double(std::numeric_limits<T>::epsilon()) / std::sqrt(double(n));
+}
+// O(1) data through a transform and back, or TᵀT − I: O(log n + K) roundings of O(1) values,
+// well within 1e-5 (float) and 1e-13 (double) for the sizes here.
+template <class T>
+double tol_rt() {
+  return std::is_same_v<T, float> ? 1e-5 : 1e-13;
+}
+
+}  // namespace
+
+TEST_CASE("fwht is Sylvester's Hadamard matrix") {
+  for (Eigen::Index n = 1; n <= 256; n *= 2) {
+    Eigen::MatrixXd X = Eigen::MatrixXd::Identity(n, n);
+    for (Eigen::Index c = 0; c < n; ++c) q2n::fwht(X.col(c).data(), n);
+    for (Eigen::Index i = 0; i < n; ++i)
+      for (Eigen::Index j = 0; j < n; ++j) REQUIRE(X(i, j) == sylvester(i, j));
+  }
+  // With a stride: the rows of a column-major matrix.
+  Eigen::MatrixXd M = q2n_test::gaussian<double>(3, 8, 1), want = M * Eigen::MatrixXd::NullaryExpr(8, 8, [](Eigen::Index i, Eigen::Index j) { return sylvester(i, j); });
+  for (Eigen::Index r = 0; r < 3; ++r) q2n::fwht(M.row(r).data(), 8, 3);
+  CHECK((M - want).cwiseAbs().maxCoeff() <= 1e-14);
+}
+
+TEST_CASE("Paley constructions give Hadamard matrices of every order the LLM widths need") {
+  for (long long K : {1, 2, 12, 20, 28, 36, 44, 60, 108, 140}) {
+    CAPTURE(K);
+    const Eigen::MatrixXd H = q2n::detail::paley_hadamard(K);
+    REQUIRE(H.rows() == K);
+    CHECK(((H.array() == 1.0) || (H.array() == -1.0)).all());
+    CHECK(H * H.transpose() == double(K) * Eigen::MatrixXd::Identity(K, K));
+  }
+  for (long long K : {52, 156, 172, 6, 10}) CHECK(q2n::detail::paley_hadamard(K).size() == 0);
+}
+
+TEST_CASE("HadamardTransform: the sizes of common widths, refused where no matrix is built in") {
+  using H = q2n::HadamardTransform<double>;
+  CHECK(H::base_order(256) == 1);
+  CHECK(H::base_order(384) == 12);
+  CHECK(H::base_order(768) == 12);
+  CHECK(H::base_order(1024) == 1);
+  CHECK(H::base_order(4096) == 1);
+  CHECK(H::base_order(5120) == 20);
+  CHECK(H::base_order(14336) == 28);
+  CHECK(H::base_order(13824) == 108);
+  CHECK(H::base_order(11008) == 0);  // 43 · 256: needs the 172 table
+  CHECK_THROWS_WITH_AS(H(11008), doctest::Contains("no built-in Hadamard matrix for n = 11008"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(H(43 * 4), doctest::Contains("pass H_K"), std::invalid_argument);
+  CHECK(H::base_order(13 * 64) == 104);  // 103 is a prime = 3 mod 4: Paley I
+}
+
+TEST_CASE_TEMPLATE("HadamardTransform equals its definition and is orthogonal", T, Q2N_TEST_SCALARS) {
+  // Small sizes densely; the large widths column by column on a few columns.
+  for (Eigen::Index n : {1, 2, 8, 12, 24, 40, 256, 384, 768}) {
+    CAPTURE(n);
+    const q2n::HadamardTransform<T> t(n);
+    const Eigen::MatrixXd hadK = q2n::detail::paley_hadamard(t.base());
+    const Mat<T> D = t.dense();
+    for (Eigen::Index j = 0; j < n; ++j)
+      REQUIRE((D.col(j).template cast<double>() - had_column(hadK, n, j)).cwiseAbs().maxCoeff() <= entry_tol<T>(n));
+    CHECK((D.transpose() * D - Mat<T>::Identity(n, n)).cwiseAbs().maxCoeff() <= tol_rt<T>());
+    // The transpose: Tᵀ (T X) = X.
+    Mat<T> X = q2n_test::gaussian<T>(n, 3, 5), Y = X;
+    t.apply(Y, false);
+    CHECK((Y.template cast<double>() - (D.template cast<double>() * X.template cast<double>())).cwiseAbs().maxCoeff() <= tol_rt<T>());
+    t.apply(Y, true);
+    CHECK((Y - X).cwiseAbs().maxCoeff() <= tol_rt<T>());
+  }
+  for (Eigen::Index n : {4096, 5120, 14336}) {
+    CAPTURE(n);
+    const q2n::HadamardTransform<T> t(n);
+    const Eigen::MatrixXd hadK = q2n::detail::paley_hadamard(t.base());
+    Mat<T> E = Mat<T>::Zero(n, 3);
+    const Eigen::Index cols[] = {0, n / 3 + 1, n - 1};
+    for (int k = 0; k < 3; ++k) E(cols[k], k) = 1;
+    t.apply(E, false);
+    for (int k = 0; k < 3; ++k)
+      CHECK((E.col(k).template cast<double>() - had_column(hadK, n, cols[k])).cwiseAbs().maxCoeff() <= entry_tol<T>(n));
+    Mat<T> X = q2n_test::gaussian<T>(n, 2, 7), Y = X;
+    t.apply(Y, false);
+    CHECK(std::abs(double(Y.norm() / X.norm()) - 1) <= tol_rt<T>());
+    t.apply(Y, true);
+    CHECK((Y - X).cwiseAbs().maxCoeff() <= tol_rt<T>());
+  }
+}
+
+TEST_CASE_TEMPLATE("randomized Hadamard: had · diag(signs), the same for the same seed", T, Q2N_TEST_SCALARS) {
+  const Eigen::Index n = 96;  // 12 · 8
+  const auto r = q2n::HadamardTransform<T>::randomized(n, 42);
+  const auto again = q2n::HadamardTransform<T>::randomized(n, 42);
+  const auto other = q2n::HadamardTransform<T>::randomized(n, 43);
+  CHECK(r.signs() == again.signs());
+  CHECK(r.signs() != other.signs());
+  Eigen::VectorXd eps(n);
+  for (Eigen::Index i = 0; i < n; ++i) eps(i) = r.signs()[static_cast<std::size_t>(i)];
+  CHECK(eps.cwiseAbs() == Eigen::VectorXd::Ones(n));
+  const Eigen::MatrixXd want = q2n::HadamardTransform<double>(n).dense() * eps.asDiagonal();
+  CHECK((r.dense().template cast<double>() - want).cwiseAbs().maxCoeff() <= entry_tol<T>(n));
+  Mat<T> X = q2n_test::gaussian<T>(n, 4, 3), Y = X;
+  r.apply(Y, true);
+  CHECK((Y.template cast<double>() - want.transpose() * X.template cast<double>()).cwiseAbs().maxCoeff() <= tol_rt<T>());
+  // A given H_K reproduces the built-in one.
+  const q2n::HadamardTransform<T> given(n, q2n::detail::paley_hadamard(12), r.signs());
+  CHECK(given.dense() == r.dense());
+}
+
+TEST_CASE("KroneckerTransform::split is QuIP's factor split") {
+  using K = q2n::KroneckerTransform<double>;
+  using P = std::pair<Eigen::Index, Eigen::Index>;
+  CHECK(K::split(4096) == P{64, 64});
+  CHECK(K::split(8192) == P{128, 64});
+  CHECK(K::split(5120) == P{160, 32});
+  CHECK(K::split(11008) == P{688, 16});
+  CHECK(K::split(13824) == P{96, 144});
+  CHECK(K::split(14336) == P{64, 224});
+  CHECK(K::split(28672) == P{448, 64});
+  CHECK(K::split(768) == P{48, 16});
+  CHECK(K::split(256) == P{16, 16});
+  CHECK(K::split(7) == P{7, 1});
+}
+
+TEST_CASE_TEMPLATE("KroneckerTransform equals P_out (A ⊗ B) P_in and is orthogonal", T, Q2N_TEST_SCALARS) {
+  const Eigen::Index n = 120;  // 2·2·2·3·5 → p = 2·2·5 = 20, q = 2·3 = 6
+  const auto t = q2n::KroneckerTransform<T>::random(n, 9);
+  REQUIRE(t.left().rows() == 20);
+  REQUIRE(t.right().rows() == 6);
+  // Independent dense form: (A ⊗ B)(a·q + b, c·q + d) = A(a, c) B(b, d), then the permutations
+  // recovered from the action on unit vectors of the permutation-free transform.
+  const auto core = q2n::KroneckerTransform<T>(t.left(), t.right());
+  Eigen::MatrixXd kron(n, n);
+  const Eigen::Index q = 6;
+  for (Eigen::Index i = 0; i < n; ++i)
+    for (Eigen::Index j = 0; j < n; ++j)
+      kron(i, j) = double(t.left()(i / q, j / q)) * double(t.right()(i % q, j % q));
+  CHECK((core.dense().template cast<double>() - kron).cwiseAbs().maxCoeff() <= 2 * double(std::numeric_limits<T>::epsilon()));
+  const Mat<T> D = t.dense();
+  CHECK((D.transpose() * D - Mat<T>::Identity(n, n)).cwiseAbs().maxCoeff() <= tol_rt<T>());
+  // D = P_out kron P_in: every row and column of D is a row / column of kron, moved.
+  Mat<T> X = q2n_test::gaussian<T>(n, 3, 2), Y = X;
+  t.apply(Y, true);
+  CHECK((Y - D.transpose() * X).cwiseAbs().maxCoeff() <= tol_rt<T>());
+  const auto again = q2n::KroneckerTransform<T>::random(n, 9);
+  CHECK(again.dense() == D);
+  CHECK(q2n::KroneckerTransform<T>::random(n, 10).dense() != D);
+}
+
+TEST_CASE("transforms refuse bad input") {
+  using Hd = q2n::HadamardTransform<double>;
+  CHECK_THROWS_WITH_AS(Hd(8, std::vector<std::int8_t>(7, 1)), doctest::Contains("signs has 7 entries"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Hd(8, std::vector<std::int8_t>(8, 2)), doctest::Contains("+1 or -1"), std::invalid_argument);
+  Eigen::MatrixXd bad = q2n::detail::paley_hadamard(12);
+  bad(3, 4) = -bad(3, 4);
+  CHECK_THROWS_WITH_AS(Hd(96, bad), doctest::Contains("not a Hadamard matrix"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Hd(36, q2n::detail::paley_hadamard(12)), doctest::Contains("power of two"), std::invalid_argument);
+  const Hd h(8);
+  Eigen::MatrixXd X(7, 2);
+  CHECK_THROWS_WITH_AS(h.apply(X, false), doctest::Contains("X has 7 rows"), std::invalid_argument);
+  using Kr = q2n::KroneckerTransform<double>;
+  CHECK_THROWS_AS(Kr(Eigen::MatrixXd::Ones(2, 2), Eigen::MatrixXd::Identity(3, 3)), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Kr(Eigen::MatrixXd::Identity(2, 2), Eigen::MatrixXd::Identity(3, 3), {0, 1, 2, 3, 4, 4}),
+                       doctest::Contains("perm_in is not a permutation"), std::invalid_argument);
+}
