@@ -360,4 +360,147 @@ inline std::vector<double> equivalent_vector_dense(const Md& W, const Md& Q, con
   return m;
 }
 
+/// Weighted 1-D Lloyd, the naive way: every point to the nearest centroid by |c − x| (ties to
+/// the lowest index), every centroid the weighted mean of its points (an empty or weightless
+/// cluster keeps its centroid), centroids sorted after each step; scikit-learn's stops.
+/// Returns the centroids after the step count the stops allow.
+struct LloydOut {
+  std::vector<double> c;
+  int iterations = 0;
+};
+inline LloydOut lloyd_naive(const std::vector<double>& x, const std::vector<double>& w, int K,
+                            int max_iter, double tol) {
+  const std::size_t n = x.size();
+  double lo = x[0], hi = x[0], mean = 0;
+  for (double v : x) lo = std::min(lo, v), hi = std::max(hi, v), mean += v;
+  mean /= static_cast<double>(n);
+  double var = 0;
+  for (double v : x) var += (v - mean) * (v - mean);
+  var /= static_cast<double>(n);
+  LloydOut out;
+  out.c.resize(static_cast<std::size_t>(K));
+  for (int k = 0; k < K; ++k) out.c[k] = K == 1 ? lo : lo + (hi - lo) * (static_cast<double>(k) / (K - 1));
+  if (K > 1) out.c.back() = hi;
+  std::vector<int> label(n, -1), previous;
+  for (int it = 0; it < max_iter; ++it) {
+    for (std::size_t i = 0; i < n; ++i) {
+      int best = 0;
+      for (int k = 1; k < K; ++k)
+        if (std::abs(x[i] - out.c[k]) < std::abs(x[i] - out.c[best])) best = k;
+      label[i] = best;
+    }
+    ++out.iterations;
+    if (label == previous) break;
+    double shift = 0;
+    for (int k = 0; k < K; ++k) {
+      double sw = 0, swx = 0;
+      for (std::size_t i = 0; i < n; ++i)
+        if (label[i] == k) sw += w[i], swx += w[i] * x[i];
+      if (sw > 0) {
+        shift += (swx / sw - out.c[k]) * (swx / sw - out.c[k]);
+        out.c[k] = swx / sw;
+      }
+    }
+    std::sort(out.c.begin(), out.c.end());
+    if (shift <= tol * var) break;
+    previous = label;
+  }
+  return out;
+}
+
+struct LeanOut {
+  Md Q;                    // original column order
+  Md grid;                 // rows x 2^bits, sorted per row
+  std::vector<int> codes;  // rows x cols, column-major, original order: index into grid row
+};
+
+/// LeanQuant literally: dead columns, act-order, the reference's Hinv, per-row k-means with
+/// weights U_jj^(−p), then the sweep with nearest-centroid rounding (ties to the lowest index).
+inline LeanOut leanquant(const Md& W0, const Md& H0, int bits, double exponent, bool act_order,
+                         double percdamp, long blocksize, int max_iter, double tol) {
+  const long rows = W0.rows(), cols = W0.cols();
+  const int K = 1 << bits;
+  Md W = W0, H = H0;
+  for (long j = 0; j < cols; ++j)
+    if (H(j, j) == 0) {
+      H(j, j) = 1;
+      for (long r = 0; r < rows; ++r) W(r, j) = 0;
+    }
+  std::vector<int> perm(cols);
+  std::iota(perm.begin(), perm.end(), 0);
+  if (act_order)
+    std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return H(a, a) > H(b, b); });
+  Md Wp(rows, cols), Hp(cols, cols);
+  for (long a = 0; a < cols; ++a) {
+    for (long r = 0; r < rows; ++r) Wp(r, a) = W(r, perm[a]);
+    for (long b = 0; b < cols; ++b) Hp(a, b) = H(perm[a], perm[b]);
+  }
+  const Md U = upper_chol_of_damped_inverse(Hp, percdamp);
+  std::vector<double> omega(cols);
+  for (long k = 0; k < cols; ++k) omega[k] = std::pow(U(k, k), -exponent);
+  LeanOut out;
+  out.grid.resize(rows, K);
+  for (long r = 0; r < rows; ++r) {
+    std::vector<double> x(cols);
+    for (long k = 0; k < cols; ++k) x[k] = Wp(r, k);
+    const LloydOut km = lloyd_naive(x, omega, K, max_iter, tol);
+    for (int k = 0; k < K; ++k) out.grid(r, k) = km.c[k];
+  }
+  out.Q = Md::Zero(rows, cols);
+  out.codes.assign(rows * cols, -1);
+  sweep(Wp, U, cols, blocksize, [&](long k, const Md&, const std::vector<double>& w, std::vector<double>& q) {
+    for (long r = 0; r < rows; ++r) {
+      int best = 0;
+      for (int c = 1; c < K; ++c)
+        if (std::abs(w[r] - out.grid(r, c)) < std::abs(w[r] - out.grid(r, best))) best = c;
+      q[r] = out.grid(r, best);
+      out.Q(r, perm[k]) = q[r];
+      out.codes[perm[k] * rows + r] = best;
+    }
+  });
+  return out;
+}
+
+/// QuIP's LDLQ literally (integer domain, columns from last to first): with L = chol(H) lower
+/// and L̄ = L diag(L)⁻¹ − I, c_i = clamp(floor(u_i + Σ_{j>i} (u_j − c_j) L̄_ji + 0.5), 0, maxq).
+/// U holds the continuous codes (rows × cols).
+inline Md ldlq(const Md& U, const Md& H, double maxq) {
+  const long rows = U.rows(), cols = U.cols();
+  const Md L = chol_lower(H);
+  Md Lbar = Md::Zero(cols, cols);
+  for (long j = 0; j < cols; ++j)
+    for (long i = j + 1; i < cols; ++i) Lbar(i, j) = L(i, j) / L(j, j);
+  Md C = Md::Zero(rows, cols);
+  for (long i = cols - 1; i >= 0; --i)
+    for (long r = 0; r < rows; ++r) {
+      double acc = 0;
+      for (long j = i + 1; j < cols; ++j) acc += (U(r, j) - C(r, j)) * Lbar(j, i);
+      C(r, i) = std::min(std::max(std::floor(U(r, i) + acc + 0.5), 0.0), maxq);
+    }
+  return C;
+}
+
+/// QuIP's greedy passes literally: S = C − U; for i = cols−1 … 0,
+/// c_i ← round_half_even(c_i − (S H)_i / H_ii); clamp after each pass; stop when a pass
+/// changes nothing. `clamp` = false leaves the codes unclamped (one pass, for the descent test).
+inline Md greedy(Md C, const Md& U, const Md& H, double maxq, int npasses, bool clamp = true) {
+  const long rows = C.rows(), cols = C.cols();
+  for (int pass = 0; pass < npasses; ++pass) {
+    Md S = C - U;
+    long changed = 0;
+    for (long i = cols - 1; i >= 0; --i)
+      for (long r = 0; r < rows; ++r) {
+        double g = 0;
+        for (long j = 0; j < cols; ++j) g += S(r, j) * H(j, i);
+        const double next = round_half_even(C(r, i) - g / H(i, i));
+        if (next != C(r, i)) ++changed;
+        S(r, i) += next - C(r, i);
+        C(r, i) = next;
+      }
+    if (clamp) C = C.cwiseMax(0.0).cwiseMin(maxq);
+    if (changed == 0) break;
+  }
+  return C;
+}
+
 }  // namespace qref

@@ -167,6 +167,33 @@ TEST_CASE_TEMPLATE("refine uses the original column order under OWQ", T, Q2N_TES
   }
 }
 
+TEST_CASE_TEMPLATE("refine folds m into LeanQuant's grid, in the original column order", T, Q2N_TEST_SCALARS) {
+  // The LeanQuant reference builds B from GPTQ's working W in act-order coordinates; refine
+  // uses the original W and Q in the original order, and scales each row's grid values.
+  const auto L = make_layer<T>(12, 40, 93);
+  const auto ns = q2n::NullSpace<T>::compute(L.abar);
+  REQUIRE(ns.kept() > 0);
+  q2n::LeanQuantOptions o;
+  o.bits = 2;
+  o.act_order = true;
+  const auto res = q2n::leanquant(L.W, L.H, o);
+  const auto ref = q2n::refine(res, L.W, ns);
+  const Eigen::VectorXd right = dense_m(L.W, res.Q, ns, res.storage.perm, false, 0.2);
+  const Eigen::VectorXd wrong = dense_m(L.W, res.Q, ns, res.storage.perm, true, 0.2);
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-11;  // as for GPTQ above
+  const double err = (ref.m.template cast<double>() - right).cwiseAbs().maxCoeff();
+  MESSAGE("leanquant: |m - m_original_order| = ", err, ", |m_permuted - m_original| = ",
+          (wrong - right).cwiseAbs().maxCoeff());
+  CHECK(err <= tol);
+  CHECK((wrong - right).cwiseAbs().maxCoeff() > 100 * tol);
+  // The fold: values(r, :) ← fl(m_r · values(r, :)), codes untouched, so every refined entry
+  // is exactly fl(m_r · Q_rj) and the storage still dequantizes to the refined Q.
+  CHECK(ref.storage.codebook->values == ref.m.asDiagonal() * res.storage.codebook->values);
+  CHECK(ref.storage.codebook->codes == res.storage.codebook->codes);
+  CHECK(ref.Q == ref.m.asDiagonal() * res.Q);
+  CHECK(q2n::dequantize(ref.storage) == ref.Q);
+}
+
 TEST_CASE_TEMPLATE("refine on rtn, gptq and pbllm storage", T, Q2N_TEST_SCALARS) {
   const auto L = make_layer<T>(9, 48, 97);
   const auto ns = q2n::NullSpace<T>::compute(L.abar);

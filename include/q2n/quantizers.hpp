@@ -10,6 +10,8 @@
 /// | quantizers/gptq.hpp      | gptq                                                            |
 /// | quantizers/owq.hpp       | owq, owq_outlier_count                                          |
 /// | quantizers/pbllm.hpp     | pbllm, pbllm_binarized_count                                    |
+/// | quantizers/leanquant.hpp | leanquant, gptq_codebook: GPTQ on a per-row non-uniform grid    |
+/// | quantizers/quip.hpp      | quip: incoherence processing (transforms.hpp), LDLQ, greedy     |
 /// | projection.hpp           | refine, fold, the storage model (storage.hpp), the null space   |
 ///
 /// \code
@@ -24,8 +26,10 @@
 
 #include <q2n/projection.hpp>
 #include <q2n/quantizers/gptq.hpp>
+#include <q2n/quantizers/leanquant.hpp>
 #include <q2n/quantizers/options.hpp>
 #include <q2n/quantizers/owq.hpp>
 #include <q2n/quantizers/pbllm.hpp>
+#include <q2n/quantizers/quip.hpp>
 #include <q2n/quantizers/rtn.hpp>
 #include <q2n/quantizers/uniform.hpp>

@@ -17,13 +17,18 @@ struct QuantDiagnostics {
   double damping = 0;             ///< absolute damping finally added to diag(H)
   int retries = 0;                ///< Cholesky retries with grown damping (0 = first try worked)
   std::int64_t dead_columns = 0;  ///< columns with H_jj = 0 (their weights were zeroed)
-  /// Wall-clock seconds of the Hessian-based quantizers' phases: the damped H⁻¹
-  /// factorization, the in-block column sweep (quantization and in-block error feedback) and
-  /// the lazy updates of the later columns (one matrix product per block).
+  /// Wall-clock seconds of the Hessian-based quantizers' phases: the change of basis (QuIP's
+  /// rescaling and incoherence transforms), the damped H⁻¹ factorization, the fitting of a grid
+  /// before the sweep (LeanQuant's k-means), the in-block column sweep (quantization and
+  /// in-block error feedback), the lazy updates of the later columns (one matrix product per
+  /// block) and QuIP's greedy passes.
   struct Seconds {
+    double transform = 0;
     double factorization = 0;
+    double grid_fit = 0;
     double sweep = 0;
     double lazy_update = 0;
+    double greedy = 0;
   } seconds;
 };
 

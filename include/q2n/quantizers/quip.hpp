@@ -1,0 +1,278 @@
+#pragma once
+/// \file quantizers/quip.hpp
+/// QuIP (Chee et al., arXiv 2307.13304): incoherence processing, then LDLQ (GPTQ's error
+/// feedback in QuIP's order) and greedy coordinate-descent passes.
+///
+/// Steps, as the QuIP baseline of the Q2N reference runs them:
+/// 1. rescale (option): `s_j = ((H_jj / max|H|) / ‖W_:j‖²)^¼` (each factor floored at 1e-8),
+///    `W ← W diag(s)`, `H ← diag(s)⁻¹ (H / max|H|) diag(s)⁻¹`;
+/// 2. incoherence (option): `H ← H · cols / tr H + 0.01 I`, then `W ← U W Vᵀ`, `H ← V H Vᵀ`
+///    with U (rows) and V (cols) random orthogonal: Kronecker products of two Haar factors with
+///    permutations (QuIP), or randomized Hadamard transforms (QuIP#), from a seed;
+/// 3. dead columns zeroed, `H += percdamp · mean(diag H) · I`;
+/// 4. the grid: `balanced` (QuIP's `b`: one scale per matrix, σ = 2.4·RMS(W̃), values
+///    σ·(2c/maxq − 1), symmetric without a zero level) or `per_row` (GPTQ's min-max affine
+///    grid per row);
+/// 5. LDLQ: columns from last to first, each rounded (half up) with the error of the later
+///    columns fed back through H's LDL factor. That is GPTQ's sweep on the column-reversed
+///    problem, which is how it runs here (blocked, with lazy updates);
+/// 6. npasses greedy passes: for i = cols−1 … 0, `c_i ← round(c_i − (S H)_i / H_ii)` with
+///    S = C − U the code-domain error (ties to even), clamping to the grid after each pass,
+///    stopping early when a pass changes nothing.
+///
+/// Storage: a uniform grid in the transformed basis (balanced: offset form `x̂ = s·c + o`,
+/// s = 2σ/maxq, o = −σ; per_row: zero-point form) and `transforms` {U, V, s}: the layer
+/// computes `y = Uᵀ Q̃ V (x / s)`. Q is that matrix in the original basis.
+///
+/// Q2N works in the stored basis: m scales the rows of Q̃ (folded into the grid's scale and
+/// offset). The null space must be that of the activations mapped into the basis,
+/// `Ā diag(s)⁻¹ Vᵀ` (activations_to_stored_basis). The reference's QuIP variant never
+/// accumulates Ā and its cut function returns nothing, so its refinement changes nothing.
+/// The energy cut depends on the basis (diag(s) is not orthogonal), so the kept rank in the
+/// stored basis can differ from that of the raw activations.
+///
+/// \code
+/// q2n::QuipOptions o;
+/// o.bits = 2;
+/// auto res = q2n::quip(W, H, o);
+/// auto ns = q2n::NullSpace<float>::compute(q2n::activations_to_stored_basis(res.storage, abar));
+/// auto ref = q2n::refine(res, W, ns);
+/// \endcode
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <q2n/detail/gptq_sweep.hpp>
+#include <q2n/detail/hessian_inverse.hpp>
+#include <q2n/detail/parallel.hpp>
+#include <q2n/detail/quant_checks.hpp>
+#include <q2n/detail/second_order.hpp>
+#include <q2n/detail/stopwatch.hpp>
+#include <q2n/detail/uniform_fit.hpp>
+#include <q2n/detail/uniform_kernels.hpp>
+#include <q2n/quantizers/options.hpp>
+#include <q2n/storage.hpp>
+#include <q2n/transforms.hpp>
+#include <random>
+#include <utility>
+#include <vector>
+
+namespace q2n {
+
+/// The random orthogonal transforms of QuIP's incoherence processing.
+enum class Incoherence {
+  none,       ///< quantize in the (rescaled) original basis
+  kronecker,  ///< QuIP: P_out (A ⊗ B) P_in, Haar factors (KroneckerTransform::random)
+  hadamard,   ///< QuIP#: randomized Hadamard (HadamardTransform::randomized)
+};
+
+/// QuIP's grid.
+enum class QuipGrid {
+  balanced,  ///< QuIP's `b`: one scale per matrix, σ = 2.4·RMS, values σ·(2c/maxq − 1)
+  per_row,   ///< GPTQ's min-max affine grid per row
+};
+
+/// Settings of quip().
+struct QuipOptions {
+  int bits = 2;                                   ///< 2..8
+  QuipGrid grid = QuipGrid::balanced;
+  bool rescale = true;                            ///< QuIP's diagonal rescaling
+  Incoherence incoherence = Incoherence::kronecker;
+  std::uint64_t seed = 0;                         ///< draws U and V
+  int npasses = 1;                                ///< greedy passes after LDLQ (≥ 0)
+  DampingOptions damping;                         ///< percdamp after the transform, retries
+  SweepOptions sweep;                             ///< LDLQ's blocks
+};
+
+namespace detail {
+
+/// One greedy coordinate-descent pass over the columns from last to first on
+/// `tr(S H Sᵀ)`, S = C − Ucont (code units): c_i ← round_half_even(c_i − (S H)_i / H_ii).
+/// Codes are not clamped here. Blocks of `block` columns: S H for a block is one product,
+/// kept current inside the block by rank-1 updates. Returns the number of changed codes.
+template <class T>
+Eigen::Index greedy_pass(Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& C,
+                         Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& S,
+                         const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& H, Eigen::Index block) {
+  using Index = Eigen::Index;
+  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  const Index rows = C.rows(), cols = C.cols();
+  Index changed = 0;
+  Matrix G(rows, block);
+  Eigen::Matrix<T, Eigen::Dynamic, 1> dv(rows);
+  for (Index e = cols; e > 0; e -= block) {
+    const Index b0 = std::max<Index>(0, e - block), nb = e - b0;
+    panel_product(G.leftCols(nb), S, H.middleCols(b0, nb), T(1), false);
+    for (Index i = e - 1; i >= b0; --i) {
+      const T hii = H(i, i);
+      bool any = false;
+      for (Index r = 0; r < rows; ++r) {
+        const T c = C(r, i);
+        const T next = std::nearbyint(c - G(r, i - b0) / hii);
+        dv(r) = next - c;
+        if (next != c) {
+          C(r, i) = next;
+          S(r, i) += dv(r);
+          ++changed;
+          any = true;
+        }
+      }
+      if (any && i > b0) G.leftCols(i - b0).noalias() += dv * H.row(i).segment(b0, i - b0);
+    }
+  }
+  return changed;
+}
+
+template <class T>
+std::shared_ptr<const OrthogonalTransform<T>> incoherence_transform(Incoherence kind, Eigen::Index n,
+                                                                    std::uint64_t seed) {
+  if (kind == Incoherence::kronecker)
+    return std::make_shared<KroneckerTransform<T>>(KroneckerTransform<T>::random(n, seed));
+  return std::make_shared<HadamardTransform<T>>(HadamardTransform<T>::randomized(n, seed));
+}
+
+template <class Scalar>
+QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> w,
+                              Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h,
+                              const QuipOptions& o) {
+  using Index = Eigen::Index;
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  const char* fn = "q2n::quip";
+  check_bits(o.bits, fn);
+  if (o.npasses < 0) fail(fn, ": npasses = ", o.npasses, " must be >= 0");
+  check_second_order_options(o.damping, o.sweep, fn);
+  check_second_order(w, h, fn);
+  const Index rows = w.rows(), cols = w.cols();
+  QuantDiagnostics diag;
+  Transforms<Scalar> tf;
+
+  // 1. Rescale (double arithmetic for the factors).
+  const auto t_start = Clock::now();
+  if (o.rescale) {
+    const double hmax = static_cast<double>(h.cwiseAbs().maxCoeff());
+    Vector s(cols);
+    for (Index j = 0; j < cols; ++j) {
+      const double d = std::max(static_cast<double>(h(j, j)) / hmax, 1e-8);
+      const double c = std::max(static_cast<double>(w.col(j).template cast<double>().squaredNorm()), 1e-8);
+      s(j) = static_cast<Scalar>(std::max(std::pow(d / c, 0.25), 1e-8));
+    }
+    w = w * s.asDiagonal();
+    h = (s.cwiseInverse().asDiagonal() * (h / static_cast<Scalar>(hmax))) * s.cwiseInverse().asDiagonal();
+    tf.input_scale = s;
+  }
+  // 2. Incoherence.
+  if (o.incoherence != Incoherence::none) {
+    const double tr = static_cast<double>(h.trace());
+    h *= static_cast<Scalar>(static_cast<double>(cols) / (tr + 1e-8));
+    h.diagonal().array() += Scalar(0.01);
+    std::mt19937_64 g(o.seed);
+    const std::uint64_t seed_u = g(), seed_v = g();
+    tf.output = incoherence_transform<Scalar>(o.incoherence, rows, seed_u);
+    tf.input = incoherence_transform<Scalar>(o.incoherence, cols, seed_v);
+    tf.output->apply(w, false);
+    apply_from_right(*tf.input, w, true);  // U W Vᵀ
+    tf.input->apply(h, false);
+    apply_from_right(*tf.input, h, true);  // V H Vᵀ
+    h = (h + h.transpose()).eval() * Scalar(0.5);
+  }
+  diag.seconds.transform = seconds_since(t_start);
+
+  // 3. Dead columns; LDLQ processes the columns from last to first.
+  diag.dead_columns = fix_dead_columns(w, h, identity_order(cols));
+  std::vector<int> perm(static_cast<std::size_t>(cols));
+  for (Index k = 0; k < cols; ++k) perm[static_cast<std::size_t>(k)] = static_cast<int>(cols - 1 - k);
+  Matrix h_damped;  // the greedy passes' H
+  const bool greedy = o.npasses > 0;
+  if (greedy) h_damped = h;
+
+  // 4. The grid, per row: code u = (w − o_r) / s_r (balanced) or w / s_r + z_r (per row).
+  UniformGrid<Scalar> u;
+  u.bits = o.bits;
+  const Scalar maxq = static_cast<Scalar>((1 << o.bits) - 1);
+  u.codes = CodeMatrix::Zero(rows, cols);
+  u.g_idx = Eigen::VectorXi::Zero(cols);
+  u.scales.resize(rows, 1);
+  if (o.grid == QuipGrid::balanced) {
+    const double rms = std::sqrt(w.template cast<double>().squaredNorm() / static_cast<double>(w.size()));
+    const Scalar sigma = static_cast<Scalar>(2.4 * rms + 1e-16);
+    u.form = AffineForm::offset;
+    u.sym = true;
+    u.scales.setConstant(Scalar(2) * sigma / maxq);
+    u.offsets = Matrix::Constant(rows, 1, -sigma);
+  } else {
+    UniformOptions uo;
+    uo.bits = o.bits;
+    UniformFitter<Scalar> fitter(rows, to_spec(uo), fn);
+    u.zeros.resize(rows, 1);
+    fitter.fit(w.data(), rows, cols, u.scales.data(), u.zeros.data());
+  }
+  const bool offset_form = u.form == AffineForm::offset;
+  auto code_value = [&](Index r, Scalar x) {  // continuous code of x in row r
+    return offset_form ? (x - u.offsets(r, 0)) / u.scales(r, 0) : x / u.scales(r, 0) + u.zeros(r, 0);
+  };
+  auto value_of = [&](Index r, Scalar c) {  // as dequantize_stored computes it
+    return offset_form ? u.scales(r, 0) * c + u.offsets(r, 0) : u.scales(r, 0) * (c - u.zeros(r, 0));
+  };
+
+  // 5. LDLQ as GPTQ's sweep on the reversed columns.
+  Matrix wp = permute_columns(w, perm);
+  const Matrix U = damped_inverse_cholesky<Scalar>(std::move(h), perm, o.damping.percdamp,
+                                                   o.damping.max_retries,
+                                                   o.sweep.reference_arithmetic, diag, fn);
+  if (greedy) h_damped.diagonal().array() += static_cast<Scalar>(diag.damping);
+  auto quantize = [&](Index k, const Matrix&, const Scalar* col, Scalar* q) {
+    const Index j = perm[static_cast<std::size_t>(k)];
+    for (Index r = 0; r < rows; ++r) {
+      const Scalar c = std::clamp(std::floor(code_value(r, col[r]) + Scalar(0.5)), Scalar(0), maxq);
+      q[r] = value_of(r, c);
+      u.codes(r, j) = static_cast<std::uint8_t>(c);
+    }
+  };
+  gptq_sweep<Scalar>(wp, U, cols, o.sweep.blocksize, o.sweep.reference_arithmetic, quantize, diag);
+
+  // 6. Greedy passes in code units against the transformed weights w.
+  if (greedy) {
+    const auto t0 = Clock::now();
+    Matrix C = u.codes.template cast<Scalar>(), Ucont(rows, cols);
+    for (Index j = 0; j < cols; ++j)
+      for (Index r = 0; r < rows; ++r) Ucont(r, j) = code_value(r, w(r, j));
+    Matrix S = C - Ucont;
+    for (int pass = 0; pass < o.npasses; ++pass) {
+      const Index changed = greedy_pass(C, S, h_damped, std::min<Index>(o.sweep.blocksize, cols));
+      C = C.cwiseMax(Scalar(0)).cwiseMin(maxq);
+      S = C - Ucont;
+      if (changed == 0) break;
+    }
+    u.codes = C.template cast<std::uint8_t>();
+    diag.seconds.greedy = seconds_since(t0);
+  }
+  return StorageBuilder<Scalar>(rows, cols, "quip")
+      .uniform(std::move(u))
+      .transforms(std::move(tf))
+      .perm(Eigen::Map<const Eigen::VectorXi>(perm.data(), cols))
+      .result(diag);
+}
+
+}  // namespace detail
+
+/// QuIP quantization of W with Hessian H.
+/// \param W rows × cols weights (float or double, any storage order), finite
+/// \param H cols × cols Hessian in any floating type, finite, symmetric, PSD, not all zero
+///          (its scale does not matter); an rvalue of the weights' type is consumed
+/// \return Q (original basis) and its storage (method "quip": a uniform grid in the stored
+///         basis, the transforms U, V, s, and the LDLQ order perm); diagnostics.loss (the
+///         LDLQ objective before the greedy passes), .damping, .seconds (transform,
+///         factorization, sweep, lazy_update, greedy)
+/// \throws std::invalid_argument for bad options, shapes, non-finite or all-zero input
+/// \throws NumericalError when no damping within the retry budget gives a factorization
+template <class DW, class DH>
+QuantResult<typename DW::Scalar> quip(const Eigen::MatrixBase<DW>& W, DH&& H, const QuipOptions& options = {}) {
+  using Scalar = typename DW::Scalar;
+  detail::static_check_second_order<Scalar, DH>();
+  return detail::quip_impl<Scalar>(W, detail::take_hessian<Scalar>(std::forward<DH>(H)), options);
+}
+
+}  // namespace q2n
