@@ -1,6 +1,8 @@
 # cmake -P script: builds and runs the consumer program through one consumption route.
 # The consumers build unoptimized: what is tested is that each route finds, compiles and links
-# the headers, and -O0 keeps the six Eigen-heavy compiles short.
+# the headers, and -O0 keeps the Eigen-heavy compiles short. find_package builds both programs
+# (q2n::q2n alone, and q2n::io with the quantizers); add_subdirectory the second (q2n::io pulls
+# in q2n::q2n); vendoring the first, with nothing but Eigen beside the copied headers.
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 
@@ -31,20 +33,15 @@ if(ROUTE STREQUAL "find_package")
 elseif(ROUTE STREQUAL "add_subdirectory")
   run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build -DQ2N_ROUTE=add_subdirectory
       -DQ2N_SOURCE_DIR=${Q2N_SOURCE_DIR})
-  run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
-  run(${WORK_DIR}/build/consumer)
+  run(${CMAKE_COMMAND} --build ${WORK_DIR}/build --target consumer_full)
   run(${WORK_DIR}/build/consumer_full ${WORK_DIR}/out.safetensors)
 elseif(ROUTE STREQUAL "vendored")
-  # Copy include/ as a user vendoring the headers would. The refinement compiles with only
-  # Eigen beside it; the quantizers also need xsimd and the I/O nlohmann-json (both found on
-  # the compiler's default path here, as Debian installs them).
+  # Copy include/ as a user vendoring the headers would: the refinement compiles with only
+  # Eigen beside it (the quantizers would also need xsimd, the I/O nlohmann-json).
   file(COPY ${Q2N_SOURCE_DIR}/include/ DESTINATION ${WORK_DIR}/vendor)
   run(${CXX} -std=c++17 -O0 -I${WORK_DIR}/vendor -I${EIGEN_INCLUDE}
       ${CONSUMER_DIR}/consumer.cpp -o ${WORK_DIR}/consumer)
   run(${WORK_DIR}/consumer)
-  run(${CXX} -std=c++17 -O0 -I${WORK_DIR}/vendor -I${EIGEN_INCLUDE}
-      ${CONSUMER_DIR}/consumer_full.cpp -o ${WORK_DIR}/consumer_full)
-  run(${WORK_DIR}/consumer_full ${WORK_DIR}/out.safetensors)
 else()
   message(FATAL_ERROR "unknown ROUTE '${ROUTE}'")
 endif()

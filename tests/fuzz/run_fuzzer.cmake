@@ -1,7 +1,7 @@
 # cmake -P script: builds one libFuzzer harness with clang (ASan + UBSan + the fuzzer) and runs
 # it over its committed seed corpus plus MAX_SECONDS of new inputs.
 #   -DCLANG=clang++ -DSOURCE=... -DNAME=... -DINCLUDES="a;b" -DCORPUS=dir -DWORK_DIR=dir
-#   -DMAX_SECONDS=20
+#   -DMAX_SECONDS=10
 file(MAKE_DIRECTORY ${WORK_DIR}/new)
 set(exe ${WORK_DIR}/${NAME})
 if(NOT EXISTS ${exe} OR ${SOURCE} IS_NEWER_THAN ${exe})
