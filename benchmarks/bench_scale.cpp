@@ -140,9 +140,9 @@ void BM_GPTQ(benchmark::State& state) {
   const Eigen::MatrixXf h = acc.hessian_as<float>();
   const Eigen::MatrixXf w = gaussian(rows, cols, 9, 0.02f);
   q2n::GptqOptions opt;
-  opt.bits = 4;
+  opt.grid.bits = 4;
   opt.groupsize = 128;
-  opt.reference_arithmetic = state.range(2) != 0;
+  opt.sweep.reference_arithmetic = state.range(2) != 0;
   q2n::QuantDiagnostics d;
   for (auto _ : state) {
     auto res = q2n::gptq(w, h, opt);
@@ -150,18 +150,69 @@ void BM_GPTQ(benchmark::State& state) {
     d = res.diagnostics;
   }
   double lazy_flops = 0;
-  for (Eigen::Index i2 = opt.blocksize; i2 < cols; i2 += opt.blocksize)
-    lazy_flops += 2.0 * double(rows) * double(opt.blocksize) * double(cols - i2);
+  const Eigen::Index bs = opt.sweep.blocksize;
+  for (Eigen::Index i2 = bs; i2 < cols; i2 += bs)
+    lazy_flops += 2.0 * double(rows) * double(bs) * double(cols - i2);
   state.counters["factor_s"] = d.seconds.factorization;
   state.counters["sweep_s"] = d.seconds.sweep;
   state.counters["lazy_s"] = d.seconds.lazy_update;
   state.counters["lazy_GFLOPs"] = lazy_flops * 1e-9 / d.seconds.lazy_update;
 }
 
+// LeanQuant (arg 2 = bits), act-order: the per-row weighted k-means (grid_fit_s) against the
+// GPTQ part of the same run (factorization + sweep + lazy updates, gptq_s).
+void BM_LeanQuant(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
+  q2n::HessianAccumulator acc(cols);
+  acc.add(x);
+  const Eigen::MatrixXf h = acc.hessian_as<float>();
+  const Eigen::MatrixXf w = gaussian(rows, cols, 9, 0.02f);
+  q2n::LeanQuantOptions opt;
+  opt.bits = static_cast<int>(state.range(2));
+  opt.act_order = true;
+  opt.damping.percdamp = 0.1;
+  q2n::QuantDiagnostics d;
+  for (auto _ : state) {
+    auto res = q2n::leanquant(w, h, opt);
+    benchmark::DoNotOptimize(res.Q.data());
+    d = res.diagnostics;
+  }
+  const double gptq_s = d.seconds.factorization + d.seconds.sweep + d.seconds.lazy_update;
+  state.counters["grid_fit_s"] = d.seconds.grid_fit;
+  state.counters["gptq_s"] = gptq_s;
+  state.counters["grid_fit_share"] = d.seconds.grid_fit / gptq_s;
+}
+
+// QuIP 2 bits (arg 2: 0 = Kronecker, 1 = randomized Hadamard transforms), one greedy pass:
+// the change of basis (transform_s: rescaling, U W Vᵀ and V H Vᵀ) against LDLQ (ldlq_s:
+// factorization + sweep + lazy updates) and the greedy pass.
+void BM_Quip(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
+  q2n::HessianAccumulator acc(cols);
+  acc.add(x);
+  const Eigen::MatrixXf h = acc.hessian_as<float>();
+  const Eigen::MatrixXf w = gaussian(rows, cols, 9, 0.02f);
+  q2n::QuipOptions opt;
+  opt.incoherence = state.range(2) == 0 ? q2n::Incoherence::kronecker : q2n::Incoherence::hadamard;
+  q2n::QuantDiagnostics d;
+  for (auto _ : state) {
+    auto res = q2n::quip(w, h, opt);
+    benchmark::DoNotOptimize(res.Q.data());
+    d = res.diagnostics;
+  }
+  const double ldlq_s = d.seconds.factorization + d.seconds.sweep + d.seconds.lazy_update;
+  state.counters["transform_s"] = d.seconds.transform;
+  state.counters["ldlq_s"] = ldlq_s;
+  state.counters["greedy_s"] = d.seconds.greedy;
+  state.counters["transform_share"] = d.seconds.transform / ldlq_s;
+}
+
 void BM_RTN(benchmark::State& state) {
   const Eigen::MatrixXf w = gaussian(state.range(0), state.range(1), 9, 0.02f);
   q2n::RtnOptions opt;
-  opt.bits = 4;
+  opt.grid.bits = 4;
   opt.groupsize = 128;
   for (auto _ : state) {
     auto res = q2n::rtn(w, opt);
@@ -196,6 +247,17 @@ BENCHMARK(BM_EquivalentVector)
     ->Args({4096, 14336})
     ->Args({8192, 8192})
     ->Args({8192, 28672})
+    ->Apply(one_shot);
+BENCHMARK(BM_LeanQuant)
+    ->Args({4096, 4096, 4})
+    ->Args({4096, 14336, 4})
+    ->Args({4096, 4096, 2})
+    ->Apply(one_shot);
+BENCHMARK(BM_Quip)
+    ->Args({4096, 4096, 0})
+    ->Args({4096, 4096, 1})
+    ->Args({4096, 14336, 0})
+    ->Args({4096, 14336, 1})
     ->Apply(one_shot);
 BENCHMARK(BM_RTN)->Args({4096, 4096})->Apply(one_shot);
 BENCHMARK(BM_GPTQ)

@@ -59,6 +59,7 @@ std::vector<MethodSpec> configurations(const Options& o, const llama::Model& m) 
       MethodSpec s = o.spec;
       s.method = method;
       s.grid.bits = b;
+      if (method == Method::leanquant || method == Method::quip) s.groupsize = -1;  // no groups
       for (auto f : o.exports) llama::check_exportable(f, s, m.config);
       specs.push_back(s);
     }
@@ -201,6 +202,7 @@ int run(int argc, char** argv) {
         run.spec = base;
         run.spec.q2n = use_q2n;
         run.seed = seed;
+        run.spec.transform_seed = seed;  // QuIP's transforms vary with the seed too
         run.shared_pass = passes.shared() && use_q2n;
         const std::string label =
             "[" + llama::spec_label(run.spec) + " seed " + std::to_string(seed) + "]";

@@ -21,7 +21,7 @@ struct Options {
   /// Every setting of the shared vocabulary (method_flags.hpp); method, grid.bits and q2n are
   /// swept over `methods`, `bits` and the ±Q2N variants.
   MethodSpec spec;
-  std::vector<Method> methods{Method::rtn, Method::gptq, Method::owq, Method::pbllm};
+  std::vector<Method> methods{std::begin(kAllMethods), std::end(kAllMethods)};
   std::vector<int> bits{2, 3, 4};
   int nsamples = 128;
   Eigen::Index seqlen = 256;
@@ -45,8 +45,8 @@ inline std::string usage() {
   return R"(usage: q2n_llama [options]
 
 Quantizes a Llama/Qwen2-style byte-level model layer by layer (GPTQ-style sequential
-calibration) with RTN, GPTQ, OWQ and PB-LLM, each without and with the Q2N refinement on the
-same calibration data, and reports held-out perplexity.
+calibration) with RTN, GPTQ, OWQ, PB-LLM, LeanQuant and QuIP, each without and with the Q2N
+refinement on the same calibration data, and reports held-out perplexity.
 
 data
   --model DIR           checkpoint directory: config.json + model.safetensors (default: the
@@ -60,9 +60,10 @@ calibration
   --seed S              seed of the window draw (default 0)
   --seeds N             repeat over seeds S, S+1, …, S+N−1 and report mean ± spread (default 1)
 methods
-  --methods LIST        comma list of rtn,gptq,owq,pbllm, or all, or none (default all;
-                        none evaluates the float model only); --method is the same flag
-  --bits LIST           comma list of weight bits for rtn/gptq/owq (default 2,3,4)
+  --methods LIST        comma list of rtn,gptq,owq,pbllm,leanquant,quip, or all, or none
+                        (default all; none evaluates the float model only); --method is
+                        the same flag
+  --bits LIST           comma list of weight bits for every method but pbllm (default 2,3,4)
 )" + method_flags_usage(MethodSpec{}) +
          R"(  --q2n [MODE]          both | on | off (default both; a bare --q2n means on)
   --q2n-down-proj       refine mlp.down_proj too (skipped by default)
@@ -99,7 +100,7 @@ namespace detail {
 // --methods LIST: names, "all" or "none".
 inline std::vector<Method> method_list(ArgCursor& a) {
   const std::string v = a.value();
-  if (v == "all") return {Method::rtn, Method::gptq, Method::owq, Method::pbllm};
+  if (v == "all") return {std::begin(kAllMethods), std::end(kAllMethods)};
   std::vector<Method> out;
   if (v != "none")
     for (const auto& m : split_commas(v)) out.push_back(method_value(a, m));

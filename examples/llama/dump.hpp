@@ -58,6 +58,13 @@ inline void write_spec_metadata(q2n::io::SafetensorsWriter& w, const MethodSpec&
   w.set_metadata("pb_high_bit", std::to_string(spec.pb_high.bits));
   w.set_metadata("pb_salience",
                  spec.pb_salience == q2n::Salience::hessian ? "hessian" : "magnitude");
+  w.set_metadata("lq_exponent", exact(spec.lq_exponent));
+  w.set_metadata("lq_max_iter", std::to_string(spec.lq_max_iter));
+  w.set_metadata("quip_transform", std::to_string(static_cast<int>(spec.quip_transform)));
+  w.set_metadata("quip_grid", std::to_string(static_cast<int>(spec.quip_grid)));
+  w.set_metadata("quip_rescale", flag(spec.quip_rescale));
+  w.set_metadata("quip_npasses", std::to_string(spec.quip_npasses));
+  w.set_metadata("transform_seed", std::to_string(spec.transform_seed));
   w.set_metadata("threshold", exact(spec.null_space.threshold));
   w.set_metadata("cut_rule", spec.null_space.rule == q2n::CutRule::paper ? "paper" : "plain");
   w.set_metadata("lambda", exact(spec.lambda));
@@ -76,6 +83,9 @@ inline void write_dump(const std::string& path, const MethodSpec& spec, Eigen::I
   w.set_metadata("hessian_shards", std::to_string(kHessianShards));
   w.set_metadata("layer", std::to_string(layer));
   w.set_metadata("module", proj_name(proj));
+  // The seed the linear's quantizer used (QuIP), not the run's.
+  w.set_metadata("transform_seed", std::to_string(linear_transform_seed(spec.transform_seed, layer,
+                                                                        static_cast<int>(proj))));
   // X as samples × seqlen × cols: the layout q2n-layer reads (--input DUMP).
   w.add("X", inputs, DType::F32,
         {inputs.rows() / seqlen, static_cast<std::int64_t>(seqlen), inputs.cols()});

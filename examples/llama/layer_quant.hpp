@@ -5,9 +5,12 @@
 /// cannot drift apart.
 ///
 ///   quantize_linear(W, H, null_space, spec):
-///     1. run the selected quantizer (RTN / GPTQ / OWQ / PB-LLM) on W with Hessian H;
+///     1. run the selected quantizer (RTN / GPTQ / OWQ / PB-LLM / LeanQuant / QuIP) on W with
+///        Hessian H;
 ///     2. if spec.q2n, refine its result with the Q2N plug-in (m folded into a copy of the
-///        storage: refine_linear, which q2n-layer also applies to a Q given from outside).
+///        storage: refine_linear, which q2n-layer also applies to a Q given from outside). A
+///        storage in another basis (QuIP) is refined there, with the null space of Ā mapped
+///        into that basis.
 ///   measure_errors(result, error): the relative output error before and after Q2N, with the
 ///   caller's measure (from H; q2n-layer uses the stored activations when they are fewer
 ///   than the inputs).
@@ -23,6 +26,7 @@
 #include <Eigen/Core>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
@@ -30,7 +34,11 @@
 namespace llama {
 
 /// The quantization algorithms the examples compare.
-enum class Method { rtn, gptq, owq, pbllm };
+enum class Method { rtn, gptq, owq, pbllm, leanquant, quip };
+
+/// Every method, in the order of the report.
+inline constexpr Method kAllMethods[] = {Method::rtn,   Method::gptq,      Method::owq,
+                                         Method::pbllm, Method::leanquant, Method::quip};
 
 inline const char* method_name(Method m) {
   switch (m) {
@@ -38,13 +46,15 @@ inline const char* method_name(Method m) {
     case Method::gptq: return "gptq";
     case Method::owq: return "owq";
     case Method::pbllm: return "pbllm";
+    case Method::leanquant: return "leanquant";
+    case Method::quip: return "quip";
   }
   return "";
 }
 
 /// The method called `name` ("pb-llm" is accepted for PB-LLM), or nothing.
 inline std::optional<Method> find_method(const std::string& name) {
-  for (Method m : {Method::rtn, Method::gptq, Method::owq, Method::pbllm})
+  for (Method m : kAllMethods)
     if (name == method_name(m)) return m;
   if (name == "pb-llm") return Method::pbllm;
   return std::nullopt;
@@ -55,8 +65,9 @@ inline std::optional<Method> find_method(const std::string& name) {
 struct MethodSpec {
   Method method = Method::gptq;
   q2n::UniformOptions grid = {3};   ///< RTN / GPTQ / OWQ grid: bits, sym, mse
-  Eigen::Index groupsize = 128;     ///< −1: one group per row (PB-LLM: its salience groups)
-  bool act_order = false;           ///< GPTQ / OWQ: process columns by decreasing diag(H)
+  Eigen::Index groupsize = 128;     ///< −1: one group per row (PB-LLM: its salience groups;
+                                    ///< LeanQuant, QuIP: always −1, no groups)
+  bool act_order = false;           ///< GPTQ / OWQ / LeanQuant: columns by decreasing diag(H)
   bool static_groups = false;       ///< GPTQ: fit all groups up front
   q2n::DampingOptions damping;      ///< GPTQ / OWQ / PB-LLM
   q2n::SweepOptions sweep;          ///< GPTQ / OWQ / PB-LLM
@@ -69,10 +80,23 @@ struct MethodSpec {
   double pb_low_frac = 0.9;         ///< PB-LLM: fraction of weights binarized
   q2n::UniformOptions pb_high = {8};  ///< PB-LLM: grid of the salient weights
   q2n::Salience pb_salience = q2n::Salience::hessian;
+  double lq_exponent = 4;           ///< LeanQuant: k-means weight U_jj^(−exponent)
+  int lq_max_iter = 100;            ///< LeanQuant: Lloyd steps at most
+  q2n::Incoherence quip_transform = q2n::Incoherence::kronecker;  ///< QuIP: U and V
+  q2n::QuipGrid quip_grid = q2n::QuipGrid::balanced;               ///< QuIP: its grid
+  bool quip_rescale = true;         ///< QuIP: diagonal rescaling
+  int quip_npasses = 1;             ///< QuIP: greedy passes after LDLQ
+  std::uint64_t transform_seed = 0; ///< QuIP: seed of U and V (q2n_llama mixes in the
+                                    ///< calibration seed and the linear's place)
   bool q2n = false;                 ///< apply the Q2N refinement
   double lambda = 0.2;              ///< Q2N ridge weight
   q2n::NullSpaceOptions null_space; ///< Q2N threshold and cut rule
 };
+
+/// The transform seed of one linear (QuIP): every linear gets its own random transforms.
+inline std::uint64_t linear_transform_seed(std::uint64_t base, int layer, int proj) {
+  return base * 1000003u + static_cast<std::uint64_t>(layer) * 16u + static_cast<std::uint64_t>(proj);
+}
 
 /// Short label such as "gptq w3 g128 +q2n".
 inline std::string spec_label(const MethodSpec& s) {
@@ -80,6 +104,9 @@ inline std::string spec_label(const MethodSpec& s) {
   if (s.method == Method::pbllm) {
     l += " low" + std::to_string(static_cast<int>(s.pb_low_frac * 100 + 0.5)) + "% hi" +
          std::to_string(s.pb_high.bits);
+  } else if (s.method == Method::quip) {
+    l += " w" + std::to_string(s.grid.bits) +
+         (s.quip_grid == q2n::QuipGrid::balanced ? " per-matrix" : " per-row");
   } else {
     l += " w" + std::to_string(s.grid.bits) +
          (s.groupsize > 0 ? " g" + std::to_string(s.groupsize) : std::string(" per-row")) +
@@ -160,6 +187,28 @@ q2n::QuantResult<float> run_quantizer(const Eigen::MatrixXf& W, DH&& H, const Me
       o.salience = s.pb_salience;
       return q2n::pbllm(W, std::forward<DH>(H), o);
     }
+    case Method::leanquant: {
+      q2n::LeanQuantOptions o;
+      o.bits = s.grid.bits;
+      o.exponent = s.lq_exponent;
+      o.max_iter = s.lq_max_iter;
+      o.act_order = s.act_order;
+      o.damping = s.damping;
+      o.sweep = s.sweep;
+      return q2n::leanquant(W, std::forward<DH>(H), o);
+    }
+    case Method::quip: {
+      q2n::QuipOptions o;
+      o.bits = s.grid.bits;
+      o.grid = s.quip_grid;
+      o.rescale = s.quip_rescale;
+      o.incoherence = s.quip_transform;
+      o.seed = s.transform_seed;
+      o.npasses = s.quip_npasses;
+      o.damping = s.damping;
+      o.sweep = s.sweep;
+      return q2n::quip(W, std::forward<DH>(H), o);
+    }
   }
   fail("llama::run_quantizer: unknown method");
 }
@@ -182,16 +231,27 @@ struct LinearResult {
 };
 
 /// Step 2 alone: with spec.q2n, refines `quantized` (any storage, e.g. a Q given from outside
-/// wrapped by q2n::full_precision_result) with the null space `ns`.
-/// \param W original weights (out × in), the ones `quantized` was made from
+/// wrapped by q2n::full_precision_result) with the null space `ns`; a storage in another basis
+/// (storage.transforms, QuIP) with the null space of `abar` mapped into that basis instead.
+/// \param W    original weights (out × in), the ones `quantized` was made from
+/// \param abar the layer's sample-averaged inputs (positions × in); needed for a storage in
+///             another basis
 inline LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen::MatrixXf& W,
-                                  const q2n::NullSpace<float>* ns, const MethodSpec& spec) {
+                                  const q2n::NullSpace<float>* ns, const MethodSpec& spec,
+                                  const Eigen::MatrixXf* abar = nullptr) {
   detail::require_null_space(spec, ns, "llama::refine_linear");
   LinearResult out;
   out.quantized = std::move(quantized);
   if (spec.q2n) {
     const auto t0 = std::chrono::steady_clock::now();
-    out.refined = q2n::refine(out.quantized, W, *ns, spec.lambda);
+    if (out.quantized.storage.transforms.identity()) {
+      out.refined = q2n::refine(out.quantized, W, *ns, spec.lambda);
+    } else {
+      if (!abar) fail("llama::refine_linear: the storage is in another basis and abar was not given");
+      const auto stored = q2n::NullSpace<float>::compute(
+          q2n::activations_to_stored_basis(out.quantized.storage, *abar), spec.null_space);
+      out.refined = q2n::refine(out.quantized, W, stored, spec.lambda);
+    }
     out.refine_seconds = detail::seconds_since(t0);
   }
   return out;
@@ -201,12 +261,13 @@ inline LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen
 /// \param W  weights (out × in)
 /// \param H  calibration Hessian of the layer's inputs (in × in), in any form (see run_quantizer)
 /// \param ns null space of the layer's sample-averaged inputs; required when spec.q2n
+/// \param abar those inputs themselves, for a quantizer that stores another basis (QuIP)
 template <class DH>
 LinearResult quantize_linear(const Eigen::MatrixXf& W, DH&& H, const q2n::NullSpace<float>* ns,
-                             const MethodSpec& spec) {
+                             const MethodSpec& spec, const Eigen::MatrixXf* abar = nullptr) {
   // Checked before the quantizer runs, which may take minutes.
   detail::require_null_space(spec, ns, "llama::quantize_linear");
-  return refine_linear(run_quantizer(W, std::forward<DH>(H), spec), W, ns, spec);
+  return refine_linear(run_quantizer(W, std::forward<DH>(H), spec), W, ns, spec, abar);
 }
 
 /// Fills r.err_before and r.err_after with `error(Q)`, the caller's relative output error of a

@@ -9,6 +9,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
 #include <optional>
@@ -170,6 +171,23 @@ inline bool parse_method_flag(ArgCursor& a, MethodSpec& s) {
   } else if (f == "--pb-salience") {
     s.pb_salience = a.choice({"hessian", "magnitude"}) == 0 ? q2n::Salience::hessian
                                                             : q2n::Salience::magnitude;
+  } else if (f == "--lq-exponent") {
+    s.lq_exponent = a.number_value(0, 64);
+  } else if (f == "--lq-max-iter") {
+    s.lq_max_iter = static_cast<int>(a.int_value(0, 100000));
+  } else if (f == "--quip-transform") {
+    const std::size_t k = a.choice({"kronecker", "hadamard", "none"});
+    s.quip_transform = k == 0 ? q2n::Incoherence::kronecker
+                              : k == 1 ? q2n::Incoherence::hadamard : q2n::Incoherence::none;
+  } else if (f == "--quip-grid") {
+    s.quip_grid = a.choice({"balanced", "per-row"}) == 0 ? q2n::QuipGrid::balanced
+                                                         : q2n::QuipGrid::per_row;
+  } else if (f == "--quip-no-rescale") {
+    s.quip_rescale = false;
+  } else if (f == "--quip-npasses") {
+    s.quip_npasses = static_cast<int>(a.int_value(0, 1000));
+  } else if (f == "--transform-seed") {
+    s.transform_seed = static_cast<std::uint64_t>(a.int_value(0, 1LL << 62));
   } else if (f == "--q2n") {
     const Q2nVariants v = q2n_variants(a);
     if (v.off && v.on) a.fail(f, " both: ", a.tool(), " runs one variant; give on or off");
@@ -212,11 +230,11 @@ inline std::string method_flags_usage(const MethodSpec& d) {
          detail::group_text(d.groupsize) + ")\n" +
          "  --sym                 symmetric grid (RTN/GPTQ/OWQ)\n"
          "  --mse                 grid search over shrunk ranges (RTN/GPTQ/OWQ)\n"
-         "  --act-order           GPTQ/OWQ: process columns by decreasing diag(H)\n"
+         "  --act-order           GPTQ/OWQ/LeanQuant: process columns by decreasing diag(H)\n"
          "  --static-groups       GPTQ: fit all groups before the sweep\n"
          "  --percdamp P          relative Hessian damping (default " +
          number_text(d.damping.percdamp) + ")\n" +
-         "  --blocksize B         GPTQ/OWQ/PB-LLM lazy-update block width (default " +
+         "  --blocksize B         GPTQ/OWQ/PB-LLM/LeanQuant lazy-update block width (default " +
          std::to_string(d.sweep.blocksize) + ")\n" +
          "  --owq-columns N       OWQ: keep N columns in full precision, or\n"
          "  --owq-target-bits F   OWQ: as many as an average of F bits allows, or\n"
@@ -228,6 +246,17 @@ inline std::string method_flags_usage(const MethodSpec& d) {
          std::to_string(d.pb_high.bits) + ")\n" +
          "  --pb-salience S       PB-LLM: hessian | magnitude (default " +
          (d.pb_salience == q2n::Salience::hessian ? "hessian" : "magnitude") + ")\n" +
+         "  --lq-exponent P       LeanQuant: k-means weights U_jj^-P, U = chol(H^-1) (default " +
+         number_text(d.lq_exponent) + ")\n" +
+         "  --lq-max-iter N       LeanQuant: Lloyd steps at most (default " +
+         std::to_string(d.lq_max_iter) + ")\n" +
+         "  --quip-transform T    QuIP: kronecker | hadamard | none (default kronecker)\n"
+         "  --quip-grid G         QuIP: balanced (one scale per matrix) | per-row (default balanced)\n"
+         "  --quip-no-rescale     QuIP: skip the diagonal rescaling\n"
+         "  --quip-npasses N      QuIP: greedy passes after LDLQ (default " +
+         std::to_string(d.quip_npasses) + ")\n" +
+         "  --transform-seed S    QuIP: seed of the random transforms (default " +
+         std::to_string(d.transform_seed) + "; q2n_llama uses the calibration seed)\n" +
          "Q2N\n"
          "  --threshold T         null-space cut threshold (default " +
          number_text(d.null_space.threshold) + ")\n" +

@@ -136,6 +136,9 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   // One null space per group: the members share their inputs.
   std::optional<q2n::NullSpace<float>> ns;
   if (spec.q2n) ns = q2n::NullSpace<float>::compute(stats.abar, spec.null_space);
+  // QuIP refines in its own basis per linear, from Ā itself.
+  Eigen::MatrixXf abar;
+  if (spec.q2n && spec.method == Method::quip) abar = stats.abar.cast<float>();
   for (Proj p : group) {
     Linear& lin = L.linear(p);
     LinearRecord rec;
@@ -143,7 +146,10 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
     rec.proj = p;
     const Eigen::MatrixXf W = lin.weight;
     // H stays ours (a const lvalue: the quantizer converts a copy): the errors need it.
-    rec.result = quantize_linear(W, stats.hessian, ns ? &*ns : nullptr, spec);
+    // Every linear its own random transforms (QuIP): the seed mixes in its place.
+    MethodSpec ls = spec;
+    ls.transform_seed = linear_transform_seed(spec.transform_seed, layer, static_cast<int>(p));
+    rec.result = quantize_linear(W, stats.hessian, ns ? &*ns : nullptr, ls, &abar);
     if (opt.round_to) round_result_values(rec.result, *opt.round_to);
     measure_errors(rec.result, HessianOutputError(W, stats.hessian));
     if (opt.on_linear) opt.on_linear(layer, p, inputs, stats, lin.weight, rec.result);

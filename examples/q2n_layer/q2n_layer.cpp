@@ -50,7 +50,7 @@ llama::MethodSpec default_spec() {
 
 std::string usage() {
   return "usage: q2n-layer --input IN.safetensors --output OUT.safetensors\n"
-         "         --method given|rtn|gptq|owq|pbllm [--bits N] [--q2n [on|off]]\n"
+         "         --method given|rtn|gptq|owq|pbllm|leanquant|quip [--bits N] [--q2n [on|off]]\n"
          "         [--q-tensor NAME] [quantizer and Q2N flags below]\n"
          "  --bits N              weight bits (default 4)\n"
          "  --q2n [on|off]        refine with Q2N (a bare --q2n means on; default off)\n"
@@ -86,8 +86,10 @@ Args parse(int argc, char** argv) {
     if (a.help) return a;
     if (a.input.empty()) c.fail("--input is required");
     if (a.output.empty()) c.fail("--output is required");
-    if (!has_method) c.fail("--method is required: given, rtn, gptq, owq or pbllm");
+    if (!has_method) c.fail("--method is required: given, rtn, gptq, owq, pbllm, leanquant or quip");
     llama::check_method_flags(c, a.spec);
+    if (a.spec.method == llama::Method::leanquant || a.spec.method == llama::Method::quip)
+      a.spec.groupsize = -1;  // no groups
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(e.what() + std::string("\n") + usage());
   }

@@ -128,6 +128,26 @@ int main(int argc, char** argv) {
       o.salience = meta.at("pb_salience") == "magnitude" ? q2n::Salience::magnitude
                                                          : q2n::Salience::hessian;
       res = q2n::pbllm(W, H, o);
+    } else if (method == "leanquant") {
+      q2n::LeanQuantOptions o;
+      o.bits = bits;
+      o.exponent = num("lq_exponent");
+      o.max_iter = std::stoi(meta.at("lq_max_iter"));
+      o.act_order = flag("act_order");
+      o.damping.percdamp = num("percdamp");
+      o.sweep.blocksize = std::stol(meta.at("blocksize"));
+      res = q2n::leanquant(W, H, o);
+    } else if (method == "quip") {
+      q2n::QuipOptions o;
+      o.bits = bits;
+      o.incoherence = static_cast<q2n::Incoherence>(std::stoi(meta.at("quip_transform")));
+      o.grid = static_cast<q2n::QuipGrid>(std::stoi(meta.at("quip_grid")));
+      o.rescale = flag("quip_rescale");
+      o.npasses = std::stoi(meta.at("quip_npasses"));
+      o.seed = std::stoull(meta.at("transform_seed"));
+      o.damping.percdamp = num("percdamp");
+      o.sweep.blocksize = std::stol(meta.at("blocksize"));
+      res = q2n::quip(W, H, o);
     } else {
       std::cerr << "unknown method " << method << "\n";
       return 2;
@@ -137,7 +157,11 @@ int main(int argc, char** argv) {
       q2n::NullSpaceOptions nso;
       nso.threshold = num("threshold");
       nso.rule = meta.at("cut_rule") == "plain" ? q2n::CutRule::plain : q2n::CutRule::paper;
-      const auto ns = q2n::NullSpace<float>::compute(abar, nso);
+      // QuIP's storage is in its own basis: the null space of Ā mapped into it.
+      const auto ns = res.storage.transforms.identity()
+                          ? q2n::NullSpace<float>::compute(abar, nso)
+                          : q2n::NullSpace<float>::compute(
+                                q2n::activations_to_stored_basis(res.storage, Eigen::MatrixXf(abar.cast<float>())), nso);
       const q2n::Refinement<float> ref = q2n::refine(res, W, ns, num("lambda"));
       std::cout << "     kept rank " << ns.kept() << " of " << X.cols() << "\n";
       expect_equal("m", ref.m, in.read_matrix<float>("m"));

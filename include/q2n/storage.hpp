@@ -49,6 +49,7 @@
 
 #include <q2n/detail/check.hpp>
 #include <q2n/detail/half.hpp>
+#include <q2n/detail/transpose.hpp>
 #include <q2n/diagnostics.hpp>
 #include <q2n/errors.hpp>
 
@@ -323,9 +324,10 @@ namespace detail {
 template <class Scalar>
 void apply_from_right(const OrthogonalTransform<Scalar>& T,
                       Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& M, bool transpose) {
-  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> Mt = M.transpose();
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> Mt;
+  transpose_into(M, Mt);
   T.apply(Mt, !transpose);  // (M T)ᵀ = Tᵀ Mᵀ, (M Tᵀ)ᵀ = T Mᵀ
-  M = Mt.transpose();
+  transpose_into(Mt, M);
 }
 }  // namespace detail
 

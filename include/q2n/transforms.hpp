@@ -28,10 +28,15 @@
 /// \endcode
 
 #include <q2n/detail/check.hpp>
+#include <q2n/detail/parallel.hpp>
 #include <q2n/storage.hpp>
 
 #include <Eigen/Core>
 #include <Eigen/QR>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -213,21 +218,31 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
 
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
     detail::check_transform_rows(*this, X.rows(), "q2n::HadamardTransform::apply");
-    const Eigen::Index m = n_ / K_;
-    Matrix tmp(K_, m);
-    for (Eigen::Index c = 0; c < X.cols(); ++c) {
-      Scalar* x = X.col(c).data();
-      if (!transpose) sign(x);
-      // x viewed as K × m row-major: FWHT every row, then H_K (or H_Kᵀ) from the left.
-      for (Eigen::Index a = 0; a < K_; ++a) fwht(x + a * m, m);
-      if (K_ > 1) {
-        Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> V(x, K_, m);
-        if (transpose) tmp.noalias() = hadK_.transpose() * V;
-        else tmp.noalias() = hadK_ * V;
-        V = tmp;
+    const Eigen::Index m = n_ / K_, cols = X.cols();
+    // Columns are independent: shared among the threads, each computed the same way on any
+    // number of them.
+#if defined(_OPENMP)
+#pragma omp parallel if (cols > 1 && !omp_in_parallel())
+#endif
+    {
+      Matrix tmp(K_, m);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (Eigen::Index c = 0; c < cols; ++c) {
+        Scalar* x = X.col(c).data();
+        if (!transpose) sign(x);
+        // x viewed as K × m row-major: FWHT every row, then H_K (or H_Kᵀ) from the left.
+        for (Eigen::Index a = 0; a < K_; ++a) fwht(x + a * m, m);
+        if (K_ > 1) {
+          Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> V(x, K_, m);
+          if (transpose) tmp.noalias() = hadK_.transpose() * V;
+          else tmp.noalias() = hadK_ * V;
+          V = tmp;
+        }
+        for (Eigen::Index i = 0; i < n_; ++i) x[i] *= scale_;
+        if (transpose) sign(x);
       }
-      for (Eigen::Index i = 0; i < n_; ++i) x[i] *= scale_;
-      if (transpose) sign(x);
     }
   }
 
@@ -312,19 +327,32 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
 
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
     detail::check_transform_rows(*this, X.rows(), "q2n::KroneckerTransform::apply");
-    const Eigen::Index p = a_.rows(), q = b_.rows();
-    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> y(n_);
-    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> t(p, q);
-    for (Eigen::Index c = 0; c < X.cols(); ++c) {
-      Scalar* x = X.col(c).data();
-      // T x = P_out (A ⊗ B) P_in x;  Tᵀ x = P_inᵀ (Aᵀ ⊗ Bᵀ) P_outᵀ x.
-      const std::vector<int>& first = transpose ? out_ : in_;
-      const std::vector<int>& last = transpose ? in_ : out_;
-      gather_or_scatter(x, y.data(), first, /*gather=*/!transpose);
-      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Y(y.data(), p, q);
-      if (transpose) t.noalias() = a_.transpose() * Y * b_;
-      else t.noalias() = a_ * Y * b_.transpose();
-      gather_or_scatter(t.data(), x, last, /*gather=*/!transpose);
+    // Column x as p × q row-major Y is, in memory, the q × p column-major C = Yᵀ, and
+    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ. So a chunk of columns, side by side, is one q × (p·w)
+    // matrix: B times it is one large product, then each column's block is multiplied by Aᵀ.
+    // (Tᵀ x: Bᵀ C A.) The products have fixed panels and the blocks are independent, so the
+    // result does not depend on the thread count.
+    const Eigen::Index p = a_.rows(), q = b_.rows(), cols = X.cols();
+    constexpr Eigen::Index kChunk = 256;
+    Matrix Y(n_, std::min(kChunk, cols)), Z(n_, std::min(kChunk, cols));
+    const std::vector<int>& first = transpose ? out_ : in_;
+    const std::vector<int>& last = transpose ? in_ : out_;
+    for (Eigen::Index c0 = 0; c0 < cols; c0 += kChunk) {
+      const Eigen::Index w = std::min(kChunk, cols - c0);
+      for (Eigen::Index c = 0; c < w; ++c)
+        gather_or_scatter(X.col(c0 + c).data(), Y.col(c).data(), first, /*gather=*/!transpose);
+      Eigen::Map<Matrix> Yv(Y.data(), q, p * w), Zv(Z.data(), q, p * w);
+      if (transpose) detail::panel_product(Zv, b_.transpose(), Yv, Scalar(1), false);
+      else detail::panel_product(Zv, b_, Yv, Scalar(1), false);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (w > 1 && !omp_in_parallel())
+#endif
+      for (Eigen::Index c = 0; c < w; ++c) {
+        Eigen::Map<Matrix> Zc(Z.col(c).data(), q, p), Yc(Y.col(c).data(), q, p);
+        if (transpose) Yc.noalias() = Zc * a_;
+        else Yc.noalias() = Zc * a_.transpose();
+        gather_or_scatter(Y.col(c).data(), X.col(c0 + c).data(), last, /*gather=*/!transpose);
+      }
     }
   }
 

@@ -50,6 +50,7 @@
 #include <q2n/detail/quant_checks.hpp>
 #include <q2n/detail/second_order.hpp>
 #include <q2n/detail/stopwatch.hpp>
+#include <q2n/detail/transpose.hpp>
 #include <q2n/detail/uniform_fit.hpp>
 #include <q2n/detail/uniform_kernels.hpp>
 #include <q2n/quantizers/options.hpp>
@@ -176,7 +177,7 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
     apply_from_right(*tf.input, w, true);  // U W Vᵀ
     tf.input->apply(h, false);
     apply_from_right(*tf.input, h, true);  // V H Vᵀ
-    h = (h + h.transpose()).eval() * Scalar(0.5);
+    symmetrize_in_place(h);
   }
   diag.seconds.transform = seconds_since(t_start);
 
