@@ -33,6 +33,18 @@ Eigen::MatrixXf make_abar(Eigen::Index cols, std::uint32_t seed = 1) {
   return a;
 }
 
+// The layer the Hessian-based quantizers are timed on: LLM-like inputs plus noise, H from
+// them, small Gaussian weights.
+struct HessianLayer {
+  Eigen::MatrixXf w, h;
+};
+HessianLayer hessian_layer(Eigen::Index rows, Eigen::Index cols) {
+  const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
+  q2n::HessianAccumulator acc(cols);
+  acc.add(x);
+  return {gaussian(rows, cols, 9, 0.02f), acc.hessian_as<float>()};
+}
+
 void BM_SGEMM(benchmark::State& state) {
   const Eigen::Index n = state.range(0);
   const Eigen::MatrixXf a = gaussian(n, n, 1), b = gaussian(n, n, 2);
@@ -134,11 +146,9 @@ void BM_ReferenceDenseRefine(benchmark::State& state) {
 // and one rank-1 update per column inside a block) for the before/after comparison.
 void BM_GPTQ(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);
-  const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
-  q2n::HessianAccumulator acc(cols);
-  acc.add(x);
-  const Eigen::MatrixXf h = acc.hessian_as<float>();
-  const Eigen::MatrixXf w = gaussian(rows, cols, 9, 0.02f);
+  const HessianLayer layer = hessian_layer(rows, cols);
+  const Eigen::MatrixXf& w = layer.w;
+  const Eigen::MatrixXf& h = layer.h;
   q2n::GptqOptions opt;
   opt.grid.bits = 4;
   opt.groupsize = 128;
@@ -163,11 +173,9 @@ void BM_GPTQ(benchmark::State& state) {
 // GPTQ part of the same run (factorization + sweep + lazy updates, gptq_s).
 void BM_LeanQuant(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);
-  const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
-  q2n::HessianAccumulator acc(cols);
-  acc.add(x);
-  const Eigen::MatrixXf h = acc.hessian_as<float>();
-  const Eigen::MatrixXf w = gaussian(rows, cols, 9, 0.02f);
+  const HessianLayer layer = hessian_layer(rows, cols);
+  const Eigen::MatrixXf& w = layer.w;
+  const Eigen::MatrixXf& h = layer.h;
   q2n::LeanQuantOptions opt;
   opt.bits = static_cast<int>(state.range(2));
   opt.act_order = true;
@@ -189,11 +197,9 @@ void BM_LeanQuant(benchmark::State& state) {
 // factorization + sweep + lazy updates) and the greedy pass.
 void BM_Quip(benchmark::State& state) {
   const Eigen::Index rows = state.range(0), cols = state.range(1);
-  const Eigen::MatrixXf x = make_abar(cols, 7) + 0.5f * gaussian(kT, cols, 8);
-  q2n::HessianAccumulator acc(cols);
-  acc.add(x);
-  const Eigen::MatrixXf h = acc.hessian_as<float>();
-  const Eigen::MatrixXf w = gaussian(rows, cols, 9, 0.02f);
+  const HessianLayer layer = hessian_layer(rows, cols);
+  const Eigen::MatrixXf& w = layer.w;
+  const Eigen::MatrixXf& h = layer.h;
   q2n::QuipOptions opt;
   opt.incoherence = state.range(2) == 0 ? q2n::Incoherence::kronecker : q2n::Incoherence::hadamard;
   q2n::QuantDiagnostics d;
