@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs the tests: everything optimized, then the library tests under ASan + UBSan.
+# Builds and runs the tests: everything optimized, then the library tests that index raw buffers
+# (tests/CMakeLists.txt lists them) and the fuzzers under ASan + UBSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -11,7 +12,7 @@ run() {  # run NAME CTEST_EXCLUDE_REGEX CMAKE_ARGS...
 }
 # Everything: library tests, the three consumption routes, the examples and their tests.
 run test-release "" -DCMAKE_BUILD_TYPE=Release
-# The library's tests under ASan + UBSan. -O1 keeps Eigen fast enough at run time and the
+# Those library tests under ASan + UBSan. -O1 keeps Eigen fast enough at run time and the
 # compile time modest. The examples are left out here (their sanitizer build alone costs more
 # than the rest of this script); the consumption tests build without sanitizers anyway, and the
 # compile-time check of compile_fail.* does not depend on the build's flags.
