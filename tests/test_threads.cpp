@@ -1,7 +1,7 @@
 // Results must not depend on the thread count: q2n's matrix products split their output into
 // panels of a fixed size (detail/parallel.hpp) instead of letting Eigen choose its blocking
 // from the number of threads, and the null space's routes run Eigen single-threaded, so 1 and
-// 2 threads give the same bits: H, GPTQ's Q, every route's kept basis, and m.
+// 2 threads give the same bits: H, GPTQ's and QuIP's Q, every route's kept basis, and m.
 #include <q2n/projection.hpp>
 #include <q2n/quantizers.hpp>
 
@@ -18,7 +18,7 @@ template <class T>
 struct Run {
   Eigen::MatrixXd h;
   Eigen::Index kept_dense = 0, kept_partial = 0;
-  q2n_test::Mat<T> gptq_q;
+  q2n_test::Mat<T> gptq_q, quip_kron_q, quip_had_q;
   Eigen::Matrix<T, Eigen::Dynamic, 1> m, m_own;
   std::vector<q2n_test::Mat<T>> bases;  // kept basis of each route
 };
@@ -54,6 +54,11 @@ Run<T> run_with_threads(int threads, const Eigen::MatrixXd& h_shared,
   opt.groupsize = 128;
   out.gptq_q = q2n::gptq(w, h_shared.cast<T>().eval(), opt).Q;
   out.m = q2n::equivalent_vector(w, out.gptq_q, shared_ns);
+  // QuIP: both transforms from both sides (640 = 16 · 40 Kronecker, 20 · 32 Hadamard).
+  q2n::QuipOptions qo;
+  out.quip_kron_q = q2n::quip(w, h_shared.cast<T>().eval(), qo).Q;
+  qo.incoherence = q2n::Incoherence::hadamard;
+  out.quip_had_q = q2n::quip(w, h_shared.cast<T>().eval(), qo).Q;
   out.m_own = q2n::refine(w, out.gptq_q, partial).m;  // with this run's own null space
   return out;
 }
@@ -75,6 +80,8 @@ TEST_CASE_TEMPLATE("H, GPTQ and the equivalent vector do not depend on the threa
   // Bit for bit: every product is the same panel kernel with the same blocking either way.
   CHECK(one.h == two.h);
   CHECK(one.gptq_q == two.gptq_q);
+  CHECK(one.quip_kron_q == two.quip_kron_q);
+  CHECK(one.quip_had_q == two.quip_had_q);
   CHECK(one.m == two.m);
   CHECK(one.m_own == two.m_own);
   for (std::size_t k = 0; k < one.bases.size(); ++k) {

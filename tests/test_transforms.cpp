@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -182,6 +183,38 @@ TEST_CASE_TEMPLATE("KroneckerTransform equals P_out (A ⊗ B) P_in and is orthog
   const auto again = q2n::KroneckerTransform<T>::random(n, 9);
   CHECK(again.dense() == D);
   CHECK(q2n::KroneckerTransform<T>::random(n, 10).dense() != D);
+}
+
+TEST_CASE_TEMPLATE("apply_right is the product from the right, on any rows and any stride", T, Q2N_TEST_SCALARS) {
+  // Each fast transform's own row-wise action against M·T and M·Tᵀ by its dense form in double;
+  // DenseTransform goes through the default (transposed copies). 300 rows cut into several row
+  // blocks with a short last one; the block of a taller matrix has an outer stride. O(1) data:
+  // each result entry takes O(log n + K) or O(p + q) roundings of O(1) values, within tol_rt.
+  std::vector<std::shared_ptr<const q2n::OrthogonalTransform<T>>> ts = {
+      std::make_shared<q2n::HadamardTransform<T>>(q2n::HadamardTransform<T>::randomized(96, 5)),
+      std::make_shared<q2n::HadamardTransform<T>>(q2n::HadamardTransform<T>::randomized(64, 6)),
+      std::make_shared<q2n::KroneckerTransform<T>>(q2n::KroneckerTransform<T>::random(60, 7)),
+      std::make_shared<q2n::DenseTransform<T>>(q2n::KroneckerTransform<T>::random(12, 8).dense())};
+  for (const auto& t : ts) {
+    const Eigen::Index n = t->size();
+    Mat<T> dense = Mat<T>::Identity(n, n);
+    t->apply(dense, false);
+    const Eigen::MatrixXd D = dense.template cast<double>();
+    for (const Eigen::Index rows : {Eigen::Index{1}, Eigen::Index{300}})
+      for (const bool transpose : {false, true}) {
+        CAPTURE(n);
+        CAPTURE(rows);
+        CAPTURE(transpose);
+        Mat<T> big = q2n_test::gaussian<T>(rows + 3, n, 11);
+        const Eigen::MatrixXd M = big.middleRows(1, rows).template cast<double>();
+        t->apply_right(big.middleRows(1, rows), transpose);
+        const Eigen::MatrixXd want = transpose ? Eigen::MatrixXd(M * D.transpose()) : Eigen::MatrixXd(M * D);
+        CHECK((big.middleRows(1, rows).template cast<double>() - want).cwiseAbs().maxCoeff() <= tol_rt<T>());
+        CHECK(big.row(0) == q2n_test::gaussian<T>(rows + 3, n, 11).row(0));  // outside: untouched
+      }
+  }
+  Mat<T> X(3, 7);
+  CHECK_THROWS_WITH_AS(ts[0]->apply_right(X, false), doctest::Contains("M has 7 columns"), std::invalid_argument);
 }
 
 TEST_CASE("transforms refuse bad input") {

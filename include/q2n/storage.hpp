@@ -126,6 +126,14 @@ class OrthogonalTransform {
   virtual Eigen::Index size() const = 0;
   /// X ← T X (transpose = false) or X ← Tᵀ X, for X with size() rows.
   virtual void apply(Eigen::Ref<Matrix> X, bool transpose) const = 0;
+  /// M ← M T (transpose = false) or M ← M Tᵀ, for M with size() columns. This default goes
+  /// through apply() on Mᵀ (two transposed copies); fast transforms act on the rows directly.
+  virtual void apply_right(Eigen::Ref<Matrix> M, bool transpose) const {
+    Matrix Mt(M.cols(), M.rows());
+    detail::transpose_into(M, Mt);
+    apply(Mt, !transpose);  // (M T)ᵀ = Tᵀ Mᵀ, (M Tᵀ)ᵀ = T Mᵀ
+    detail::transpose_into(Mt, M);
+  }
 };
 
 /// An orthogonal transform given as a dense matrix (e.g. a learned rotation read from a file).
@@ -319,18 +327,6 @@ void check_storage(const QuantStorage<Scalar>& s, const char* fn) {
 
 }  // namespace detail
 
-namespace detail {
-/// M ← M T (transpose = false) or M ← M Tᵀ, through T's own action on Mᵀ.
-template <class Scalar>
-void apply_from_right(const OrthogonalTransform<Scalar>& T,
-                      Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& M, bool transpose) {
-  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> Mt;
-  transpose_into(M, Mt);
-  T.apply(Mt, !transpose);  // (M T)ᵀ = Tᵀ Mᵀ, (M Tᵀ)ᵀ = T Mᵀ
-  transpose_into(Mt, M);
-}
-}  // namespace detail
-
 /// The stored matrix Q̃ (rows × cols, in the storage's own basis: no transforms applied).
 /// Per column: a full-precision column copies its values; otherwise the base grid's value,
 /// replaced by `signs · alpha + mean` for binarized entries.
@@ -381,7 +377,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> dequantize(const QuantStor
   Matrix Q = dequantize_stored(storage);
   const auto& t = storage.transforms;
   if (t.output) t.output->apply(Q, /*transpose=*/true);           // Uᵀ Q̃
-  if (t.input) detail::apply_from_right(*t.input, Q, /*transpose=*/false);   // Uᵀ Q̃ V
+  if (t.input) t.input->apply_right(Q, /*transpose=*/false);   // Uᵀ Q̃ V
   if (t.input_scale.size() != 0) Q = Q * t.input_scale.cwiseInverse().asDiagonal();
   return Q;
 }
@@ -397,7 +393,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> to_stored_basis(
   const auto& t = storage.transforms;
   Matrix out = W;
   if (t.input_scale.size() != 0) out = out * t.input_scale.asDiagonal();
-  if (t.input) detail::apply_from_right(*t.input, out, /*transpose=*/true);  // W diag(s) Vᵀ
+  if (t.input) t.input->apply_right(out, /*transpose=*/true);  // W diag(s) Vᵀ
   if (t.output) t.output->apply(out, /*transpose=*/false);
   return out;
 }
@@ -414,7 +410,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> activations_to_stored_basi
   const auto& t = storage.transforms;
   Matrix out = A;
   if (t.input_scale.size() != 0) out = out * t.input_scale.cwiseInverse().asDiagonal();
-  if (t.input) detail::apply_from_right(*t.input, out, /*transpose=*/true);
+  if (t.input) t.input->apply_right(out, /*transpose=*/true);
   return out;
 }
 

@@ -2,7 +2,8 @@
 /// \file transforms.hpp
 /// Fast orthogonal transforms for quantizing in another basis (QuIP's incoherence processing,
 /// QuaRot's rotations): each is an OrthogonalTransform (storage.hpp) that applies itself and
-/// its transpose without being formed, and can be formed densely (dense()) for tests.
+/// its transpose to columns (apply: X ← T X) and to rows (apply_right: M ← M T) without being
+/// formed, and can be formed densely (dense()) for tests.
 ///
 /// - fwht: the in-place fast Walsh–Hadamard transform of 2^k values, n·k additions.
 /// - HadamardTransform: `had(x) = (H_K ⊗ H_{2^k}) x / √n` for n = K·2^k (H_{2^k} Sylvester in
@@ -25,6 +26,8 @@
 /// Eigen::MatrixXf X = ...;            // 4096 rows
 /// V.apply(X, false);                  // X ← V X
 /// V.apply(X, true);                   // X ← Vᵀ X: back to the start, up to rounding
+/// Eigen::MatrixXf W = ...;            // 4096 columns
+/// V.apply_right(W, true);             // W ← W Vᵀ
 /// \endcode
 
 #include <q2n/detail/check.hpp>
@@ -38,6 +41,7 @@
 #include <omp.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -160,6 +164,13 @@ void check_transform_rows(const OrthogonalTransform<Scalar>& t, Eigen::Index row
          "; pass a matrix with size() rows");
 }
 
+template <class Scalar>
+void check_transform_cols(const OrthogonalTransform<Scalar>& t, Eigen::Index cols, const char* fn) {
+  if (cols != t.size())
+    fail(fn, ": M has ", cols, " columns but the transform has size ", t.size(),
+         "; pass a matrix with size() columns");
+}
+
 }  // namespace detail
 
 /// The orthogonal Hadamard transform of size n = K·2^k, optionally after random signs.
@@ -246,6 +257,35 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
     }
   }
 
+  void apply_right(Eigen::Ref<Matrix> M, bool transpose) const override {
+    detail::check_transform_cols(*this, M.cols(), "q2n::HadamardTransform::apply_right");
+    // Row r becomes r T = (Tᵀ rᵀ)ᵀ, or r Tᵀ = (T rᵀ)ᵀ. Blocks of rows are copied into a
+    // contiguous buffer small enough for the cache, where every butterfly combines two whole
+    // columns of the block and H_K is one product. The blocks are fixed by the shape alone and
+    // independent, so the result does not depend on the thread count.
+    const bool rows_get_t = transpose;
+    const Eigen::Index m = n_ / K_, rows = M.rows();
+    const Eigen::Index rb = std::clamp<Eigen::Index>(((Eigen::Index{1} << 17) / n_) / 8 * 8, 8, 256);
+    detail::for_each_index((rows + rb - 1) / rb, [&](Eigen::Index blk) {
+      const Eigen::Index r0 = blk * rb, nb = std::min(rb, rows - r0);
+      Matrix buf = M.middleRows(r0, nb);
+      if (rows_get_t) sign_columns(buf);
+      for (Eigen::Index a = 0; a < K_; ++a) fwht_columns(buf.data() + a * m * nb, nb, m);
+      if (K_ > 1) {
+        // Column a·m + b of the block holds entry (a, b) of every row's K × m view, so the
+        // block is the (nb·m) × K matrix whose column a is that view's row a.
+        Eigen::Map<Matrix> V(buf.data(), nb * m, K_);
+        Matrix tmp;
+        if (rows_get_t) tmp.noalias() = V * hadK_.transpose();
+        else tmp.noalias() = V * hadK_;
+        V = tmp;
+      }
+      buf *= scale_;
+      if (!rows_get_t) sign_columns(buf);
+      M.middleRows(r0, nb) = buf;
+    });
+  }
+
   /// The n × n matrix.
   Matrix dense() const {
     Matrix I = Matrix::Identity(n_, n_);
@@ -254,6 +294,25 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
   }
 
  private:
+  // fwht along the columns of the nb × m column-major block at x: columns i and i + h combine.
+  static void fwht_columns(Scalar* x, Eigen::Index nb, Eigen::Index m) {
+    for (Eigen::Index h = 1; h < m; h *= 2)
+      for (Eigen::Index a = 0; a < m; a += 2 * h)
+        for (Eigen::Index i = a; i < a + h; ++i) {
+          Scalar* u = x + i * nb;
+          Scalar* v = x + (i + h) * nb;
+          for (Eigen::Index r = 0; r < nb; ++r) {
+            const Scalar s = u[r], d = v[r];
+            u[r] = s + d;
+            v[r] = s - d;
+          }
+        }
+  }
+  void sign_columns(Matrix& B) const {
+    if (!signs_.empty())
+      for (Eigen::Index i = 0; i < n_; ++i)
+        if (signs_[static_cast<std::size_t>(i)] < 0) B.col(i) = -B.col(i);
+  }
   static bool power_of_two(Eigen::Index v) { return v > 0 && (v & (v - 1)) == 0; }
   static Eigen::MatrixXd base_matrix(Eigen::Index n) {
     const Eigen::Index K = base_order(n);
@@ -356,6 +415,37 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     }
   }
 
+  void apply_right(Eigen::Ref<Matrix> M, bool transpose) const override {
+    detail::check_transform_cols(*this, M.cols(), "q2n::KroneckerTransform::apply_right");
+    // Row r becomes r T = (Tᵀ rᵀ)ᵀ, or r Tᵀ = (T rᵀ)ᵀ. In Y = M with its columns permuted,
+    // column a·q + b holds entry (a, b) of every row's p × q view: B acts on each of the p
+    // column blocks of width q (one product per block), and A on the (rows·q) × p matrix that
+    // is the same memory (one large product). Blocks and panels are fixed by the shape: the
+    // result does not depend on the thread count.
+    const bool rows_get_t = transpose;
+    const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
+    const std::vector<int>& first = rows_get_t ? in_ : out_;
+    const std::vector<int>& last = rows_get_t ? out_ : in_;
+    Matrix Y(rows, n_);
+    permute_columns_of(M, Y, first, /*gather=*/rows_get_t);
+    detail::for_each_index(p, [&](Eigen::Index a) {
+      Matrix t;
+      if (rows_get_t) t.noalias() = Y.middleCols(a * q, q) * b_.transpose();
+      else t.noalias() = Y.middleCols(a * q, q) * b_;
+      Y.middleCols(a * q, q) = t;
+    });
+    Eigen::Map<Matrix> Yv(Y.data(), rows * q, p);
+    constexpr Eigen::Index kChunk = 8192;
+    detail::for_each_index((rows * q + kChunk - 1) / kChunk, [&](Eigen::Index c) {
+      const Eigen::Index r0 = c * kChunk, h = std::min(kChunk, rows * q - r0);
+      Matrix t;
+      if (rows_get_t) t.noalias() = Yv.middleRows(r0, h) * a_.transpose();
+      else t.noalias() = Yv.middleRows(r0, h) * a_;
+      Yv.middleRows(r0, h) = t;
+    });
+    permute_columns_of(Y, M, last, /*gather=*/rows_get_t);
+  }
+
   /// The n × n matrix.
   Matrix dense() const {
     Matrix I = Matrix::Identity(n_, n_);
@@ -364,6 +454,19 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   }
 
  private:
+  // gather: dst.col(i) = src.col(perm[i]);  scatter: dst.col(perm[i]) = src.col(i).
+  template <class Src, class Dst>
+  void permute_columns_of(const Src& src, Dst&& dst, const std::vector<int>& perm, bool gather) const {
+    if (perm.empty()) {
+      dst = src;
+      return;
+    }
+    for (Eigen::Index i = 0; i < n_; ++i) {
+      const Eigen::Index j = perm[static_cast<std::size_t>(i)];
+      if (gather) dst.col(i) = src.col(j);
+      else dst.col(j) = src.col(i);
+    }
+  }
   void check_perm(const std::vector<int>& p, const char* name) const {
     if (p.empty()) return;
     std::vector<char> seen(static_cast<std::size_t>(n_), 0);

@@ -61,6 +61,21 @@ void panel_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, typename std::deca
   for (Eigen::Index p = 0; p < panels; ++p) panel(p);
 }
 
+/// Calls f(i) for i in [0, count), dealt round-robin to the threads when not already inside a
+/// parallel region (then Eigen products inside f run serially with Eigen's single-thread
+/// blocking, as in panel_product); inside one, on the calling thread. f must not throw.
+template <class F>
+void for_each_index(Eigen::Index count, F&& f) {
+#if defined(_OPENMP)
+  if (!omp_in_parallel()) {
+#pragma omp parallel for schedule(static, 1)
+    for (Eigen::Index i = 0; i < count; ++i) f(i);
+    return;
+  }
+#endif
+  for (Eigen::Index i = 0; i < count; ++i) f(i);
+}
+
 /// Runs f() with every Eigen product inside it computed by one thread with Eigen's
 /// single-thread blocking, so that f's rounding does not depend on the thread count. For code
 /// whose products Eigen makes internally (Householder blocks, eigensolvers) and panel_product

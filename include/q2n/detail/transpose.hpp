@@ -16,12 +16,10 @@ namespace q2n::detail {
 
 inline constexpr Eigen::Index kTransposeBlock = 32;
 
-/// dst = srcᵀ (dst is resized; src and dst must not overlap).
-template <class T>
-void transpose_into(const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& src,
-                    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& dst) {
+/// dst = srcᵀ (dst must have srcᵀ's shape; src and dst must not overlap).
+template <class Src, class Dst>
+void transpose_into(const Src& src, Dst&& dst) {
   const Eigen::Index rows = src.rows(), cols = src.cols(), b = kTransposeBlock;
-  dst.resize(cols, rows);
   const Eigen::Index col_blocks = (cols + b - 1) / b;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16) && !omp_in_parallel())

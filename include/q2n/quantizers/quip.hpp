@@ -150,8 +150,13 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   QuantDiagnostics diag;
   Transforms<Scalar> tf;
 
-  // 1. Rescale (double arithmetic for the factors).
+  // 1. Rescale (double arithmetic for the factors) and, before incoherence, normalize H's
+  // trace to cols and add 0.01 to its diagonal: w ← w diag(s), h ← c · diag(s)⁻¹ h diag(s)⁻¹,
+  // each in one pass.
   const auto t_start = Clock::now();
+  const bool incoherent = o.incoherence != Incoherence::none;
+  Vector inv_s = Vector::Ones(cols);
+  double hscale = 1;
   if (o.rescale) {
     const double hmax = static_cast<double>(h.cwiseAbs().maxCoeff());
     Vector s(cols);
@@ -160,23 +165,31 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
       const double c = std::max(static_cast<double>(w.col(j).template cast<double>().squaredNorm()), 1e-8);
       s(j) = static_cast<Scalar>(std::max(std::pow(d / c, 0.25), 1e-8));
     }
-    w = w * s.asDiagonal();
-    h = (s.cwiseInverse().asDiagonal() * (h / static_cast<Scalar>(hmax))) * s.cwiseInverse().asDiagonal();
-    tf.input_scale = s;
+    for (Index j = 0; j < cols; ++j) w.col(j) *= s(j);
+    inv_s = s.cwiseInverse();
+    hscale = 1 / hmax;
+    tf.input_scale = std::move(s);
   }
-  // 2. Incoherence.
-  if (o.incoherence != Incoherence::none) {
-    const double tr = static_cast<double>(h.trace());
-    h *= static_cast<Scalar>(static_cast<double>(cols) / (tr + 1e-8));
+  if (incoherent) {
+    double tr = 0;
+    for (Index j = 0; j < cols; ++j)
+      tr += static_cast<double>(h(j, j)) * hscale * static_cast<double>(inv_s(j)) * static_cast<double>(inv_s(j));
+    hscale *= static_cast<double>(cols) / (tr + 1e-8);
+  }
+  if (o.rescale || incoherent) {
+    for (Index j = 0; j < cols; ++j) h.col(j).array() *= inv_s.array() * static_cast<Scalar>(inv_s(j) * hscale);
+  }
+  // 2. Incoherence: w ← U w Vᵀ, h ← V h Vᵀ.
+  if (incoherent) {
     h.diagonal().array() += Scalar(0.01);
     std::mt19937_64 g(o.seed);
     const std::uint64_t seed_u = g(), seed_v = g();
     tf.output = incoherence_transform<Scalar>(o.incoherence, rows, seed_u);
     tf.input = incoherence_transform<Scalar>(o.incoherence, cols, seed_v);
     tf.output->apply(w, false);
-    apply_from_right(*tf.input, w, true);  // U W Vᵀ
+    tf.input->apply_right(w, true);
     tf.input->apply(h, false);
-    apply_from_right(*tf.input, h, true);  // V H Vᵀ
+    tf.input->apply_right(h, true);
     symmetrize_in_place(h);
   }
   diag.seconds.transform = seconds_since(t_start);
