@@ -2,9 +2,12 @@
 // reference's Q, a plain double-precision re-implementation, damping and bad input.
 #include <doctest/doctest.h>
 
+#include <Eigen/QR>
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
+#include <q2n/detail/hessian_inverse.hpp>
 #include <q2n/io/safetensors.hpp>
 #include <q2n/quantizers.hpp>
 #include <string>
@@ -267,6 +270,32 @@ TEST_CASE_TEMPLATE("gptq damping: rank-deficient H quantizes and reports the dam
   // No retries allowed: a clear numerical error.
   o.damping.max_retries = 0;
   CHECK_THROWS_AS(q2n::gptq(W, H, o), q2n::NumericalError);
+}
+
+TEST_CASE_TEMPLATE("U is the upper Cholesky factor of the permuted, damped H⁻¹ across the factorization's blocks", T, Q2N_TEST_SCALARS) {
+  // n = 700 spans three blocks of the blocked Cholesky and inverse (256, 256, 188) and several
+  // row panels. Reference: H⁻¹ formed and factored by Eigen in double. H = Q diag(1..100) Qᵀ:
+  // Cholesky and triangular inversion are backward stable, so U's relative error is at most
+  // O(n·ε·κ) = 700 · 6e-8 · 100 ≈ 4e-3 (float), 8e-12 (double); the max norm relative to
+  // max |U| is checked against that bound.
+  const Eigen::Index n = 700;
+  const Eigen::MatrixXd G = q2n_test::gaussian<double>(n, n, 61);
+  const Eigen::MatrixXd Qo = Eigen::HouseholderQR<Eigen::MatrixXd>(G).householderQ();
+  const Eigen::VectorXd ev = Eigen::VectorXd::LinSpaced(n, 1, 100);
+  const Eigen::MatrixXd H = Qo * ev.asDiagonal() * Qo.transpose();
+  std::vector<int> perm(static_cast<std::size_t>(n));
+  for (Eigen::Index i = 0; i < n; ++i) perm[static_cast<std::size_t>(i)] = static_cast<int>((i * 263) % n);
+  q2n::QuantDiagnostics diag;
+  const Mat<T> U = q2n::detail::damped_inverse_cholesky<T>(Mat<T>(H.cast<T>()), perm, 0.01, 0, false, diag, "test");
+  Eigen::MatrixXd Hp(n, n);
+  for (Eigen::Index a = 0; a < n; ++a)
+    for (Eigen::Index b = 0; b < n; ++b) Hp(a, b) = H(perm[static_cast<std::size_t>(a)], perm[static_cast<std::size_t>(b)]);
+  Hp.diagonal().array() += 0.01 * H.diagonal().mean();
+  const Eigen::MatrixXd Uref = Eigen::LLT<Eigen::MatrixXd>(Eigen::MatrixXd(Hp.inverse())).matrixU();
+  const double bound = double(n) * double(std::numeric_limits<T>::epsilon()) * 100;
+  CHECK(diag.retries == 0);
+  CHECK((U.template cast<double>() - Uref).cwiseAbs().maxCoeff() <= bound * Uref.cwiseAbs().maxCoeff());
+  CHECK(U.template triangularView<Eigen::StrictlyLower>().toDenseMatrix().isZero(0));
 }
 
 TEST_CASE("gptq rejects bad input") {

@@ -9,11 +9,13 @@
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <q2n/detail/check.hpp>
 #include <q2n/detail/diagnostics.hpp>
 #include <q2n/detail/errors.hpp>
+#include <q2n/detail/parallel.hpp>
 #include <q2n/detail/stopwatch.hpp>
 #include <sstream>
 #include <string>
@@ -52,6 +54,72 @@ void invert_lower_in_place(Eigen::Ref<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dy
       L.bottomLeftCorner(n2, n1) * L.topLeftCorner(n1, n1).template triangularView<Eigen::Lower>();
   L.bottomLeftCorner(n2, n1).noalias() =
       -(L.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>() * ba);
+}
+
+/// Width of the blocks of the factorization and the inversion: deep enough for GEMM-speed
+/// updates, narrow enough that the serial diagonal-block work stays a few percent.
+inline constexpr Eigen::Index kFactorBlock = 256;
+/// Height of the row panels the parallel updates are cut into.
+inline constexpr Eigen::Index kFactorPanel = 256;
+/// Smaller matrices are factored and inverted in one block (serially, in milliseconds).
+inline constexpr Eigen::Index kBlockedFrom = 1024;
+
+/// In-place lower Cholesky factor of the symmetric positive definite A (lower triangle read and
+/// overwritten; the strictly upper part is scratch). Right-looking and blocked: each diagonal
+/// block by Eigen's LLT, the panel below it by a triangular solve in row chunks, the trailing
+/// matrix by GEMMs on column panels of its lower part. The chunks and panels depend on n only
+/// and are dealt to the threads whole (Eigen serial inside), so the rounding does not depend on
+/// the thread count. Returns false at a non-positive pivot.
+template <class T>
+bool cholesky_lower_in_place(Eigen::Ref<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> A) {
+  using Index = Eigen::Index;
+  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  const Index n = A.rows(), nb = n < kBlockedFrom ? n : kFactorBlock, w = kFactorPanel;
+  for (Index k = 0; k < n; k += nb) {
+    const Index b = std::min(nb, n - k), m = n - k - b;
+    Eigen::Ref<Matrix> A11 = A.block(k, k, b, b);
+    Eigen::LLT<Eigen::Ref<Matrix>, Eigen::Lower> llt(A11);  // in place
+    if (llt.info() != Eigen::Success) return false;
+    if (m == 0) break;
+    // A21 ← A21 L11⁻ᵀ.
+    for_each_index((m + w - 1) / w, [&](Index c) {
+      const Index r0 = k + b + c * w, h = std::min(w, n - r0);
+      A11.transpose().template triangularView<Eigen::Upper>().template solveInPlace<Eigen::OnTheRight>(
+          A.block(r0, k, h, b));
+    });
+    // A22 ← A22 − A21 A21ᵀ, lower part, by column panels (each from its diagonal down).
+    for_each_index((m + w - 1) / w, [&](Index c) {
+      const Index c0 = k + b + c * w, cw = std::min(w, n - c0), h = n - c0;
+      A.block(c0, c0, h, cw).noalias() -= A.block(c0, k, h, b) * A.block(c0, k, cw, b).transpose();
+    });
+  }
+  return true;
+}
+
+/// In-place inverse of a lower-triangular matrix with a non-zero diagonal, blocked for large n
+/// (the strictly upper part is set to zero). Block columns from the last to the first: with the
+/// trailing X22 = L22⁻¹ already in place, X11 = L11⁻¹ and X21 = −X22 L21 X11, the product
+/// computed by row panels that stop at the triangle's edge. Panels depend on n only: the
+/// rounding does not depend on the thread count.
+template <class T>
+void invert_lower_blocked(Eigen::Ref<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> L) {
+  using Index = Eigen::Index;
+  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  const Index n = L.rows(), nb = n < kBlockedFrom ? n : kFactorBlock, w = kFactorPanel;
+  L.template triangularView<Eigen::StrictlyUpper>().setZero();
+  const Index blocks = (n + nb - 1) / nb;
+  for (Index kb = blocks - 1; kb >= 0; --kb) {
+    const Index k = kb * nb, b = std::min(nb, n - k), m = n - k - b;
+    invert_lower_in_place<T>(L.block(k, k, b, b));
+    if (m == 0) continue;
+    const Matrix X11 = L.block(k, k, b, b);
+    const Matrix L21 = L.block(k + b, k, m, b);
+    for_each_index((m + w - 1) / w, [&](Index c) {
+      const Index i0 = c * w, h = std::min(w, m - i0), i1 = i0 + h;
+      const Matrix t = L.block(k + b + i0, k + b, h, i1) * L21.topRows(i1);
+      L.block(k + b + i0, k, h, b).noalias() = -(t * X11);  // X11's upper part is 0
+    });
+  }
 }
 
 /// Computes U for the Hessian H (dead columns already fixed) taken in the column order perm
@@ -96,8 +164,8 @@ Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> damped_inverse_cholesky(
     }
     A.diagonal().array() += damp;
     const Eigen::Matrix<T, Eigen::Dynamic, 1> d0 = A.diagonal();
-    Eigen::LLT<Eigen::Ref<Matrix>, Eigen::Lower> llt(A);  // factors A in place
-    bool ok = llt.info() == Eigen::Success;
+    bool ok = reference_route ? Eigen::LLT<Eigen::Ref<Matrix>, Eigen::Lower>(A).info() == Eigen::Success
+                              : cholesky_lower_in_place<T>(A);
     for (Index j = 0; ok && j < n; ++j) {
       const T p = A(j, j);
       ok = std::isfinite(p) && p * p > eps * d0(j);
@@ -115,8 +183,7 @@ Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> damped_inverse_cholesky(
         ok = A.allFinite();
       }
     } else if (ok) {
-      invert_lower_in_place<T>(A);
-      A.template triangularView<Eigen::StrictlyUpper>().setZero();
+      invert_lower_blocked<T>(A);
       A.reverseInPlace();  // J L⁻¹ J: upper triangular
       ok = A.allFinite();
     }
