@@ -143,6 +143,35 @@ void sweep(Md& W, const Md& U, long n_quant, long blocksize, Quantize quantize) 
   }
 }
 
+/// GPTQ's preparation: dead columns (H_jj = 0: H_jj ← 1, W's column ← 0), the act-order
+/// permutation (stable, by descending H_jj), the permuted W and U of the damped, permuted H.
+struct Prepared {
+  Md W;                   // dead columns zeroed, original order
+  Md Wp;                  // W in processing order
+  Md U;                   // upper Cholesky factor of the damped, permuted H⁻¹
+  std::vector<int> perm;  // processing position k -> original column
+};
+inline Prepared prepare(const Md& W0, const Md& H0, bool act_order, double percdamp) {
+  const long rows = W0.rows(), cols = W0.cols();
+  Prepared p{W0, Md(rows, cols), Md(), std::vector<int>(cols)};
+  Md H = H0;
+  for (long j = 0; j < cols; ++j)
+    if (H(j, j) == 0) {
+      H(j, j) = 1;
+      for (long r = 0; r < rows; ++r) p.W(r, j) = 0;
+    }
+  std::iota(p.perm.begin(), p.perm.end(), 0);
+  if (act_order)
+    std::stable_sort(p.perm.begin(), p.perm.end(), [&](int a, int b) { return H(a, a) > H(b, b); });
+  Md Hp(cols, cols);
+  for (long a = 0; a < cols; ++a) {
+    for (long r = 0; r < rows; ++r) p.Wp(r, a) = p.W(r, p.perm[a]);
+    for (long b = 0; b < cols; ++b) Hp(a, b) = H(p.perm[a], p.perm[b]);
+  }
+  p.U = upper_chol_of_damped_inverse(Hp, percdamp);
+  return p;
+}
+
 struct GptqOut {
   Md Q;                       // original column order
   std::vector<int> perm;      // processing order
@@ -154,28 +183,17 @@ inline GptqOut gptq(const Md& W0, const Md& H0, int bits, long groupsize, bool s
                     bool static_groups, double percdamp, long blocksize) {
   const long rows = W0.rows(), cols = W0.cols();
   const double maxq = std::pow(2.0, bits) - 1;
-  Md W = W0, H = H0;
   Params row_params;
-  if (groupsize == -1) row_params = fit_minmax(W, 0, cols, bits, sym);
-  for (long j = 0; j < cols; ++j)
-    if (H(j, j) == 0) {
-      H(j, j) = 1;
-      for (long r = 0; r < rows; ++r) W(r, j) = 0;
-    }
+  if (groupsize == -1) row_params = fit_minmax(W0, 0, cols, bits, sym);
+  Prepared pr = prepare(W0, H0, act_order, percdamp);
+  const Md& W = pr.W;
+  Md& Wp = pr.Wp;
+  const Md& U = pr.U;
+  const std::vector<int>& perm = pr.perm;
   std::vector<Params> statics;
   if (static_groups && groupsize != -1)
     for (long c = 0; c < cols; c += groupsize)
       statics.push_back(fit_minmax(W, c, c + groupsize, bits, sym));
-  std::vector<int> perm(cols);
-  std::iota(perm.begin(), perm.end(), 0);
-  if (act_order)
-    std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return H(a, a) > H(b, b); });
-  Md Wp(rows, cols), Hp(cols, cols);
-  for (long a = 0; a < cols; ++a) {
-    for (long r = 0; r < rows; ++r) Wp(r, a) = W(r, perm[a]);
-    for (long b = 0; b < cols; ++b) Hp(a, b) = H(perm[a], perm[b]);
-  }
-  const Md U = upper_chol_of_damped_inverse(Hp, percdamp);
   GptqOut out;
   out.Q = Md::Zero(rows, cols);
   out.codes.assign(rows * cols, -1);
@@ -420,22 +438,10 @@ inline LeanOut leanquant(const Md& W0, const Md& H0, int bits, double exponent, 
                          double percdamp, long blocksize, int max_iter, double tol) {
   const long rows = W0.rows(), cols = W0.cols();
   const int K = 1 << bits;
-  Md W = W0, H = H0;
-  for (long j = 0; j < cols; ++j)
-    if (H(j, j) == 0) {
-      H(j, j) = 1;
-      for (long r = 0; r < rows; ++r) W(r, j) = 0;
-    }
-  std::vector<int> perm(cols);
-  std::iota(perm.begin(), perm.end(), 0);
-  if (act_order)
-    std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return H(a, a) > H(b, b); });
-  Md Wp(rows, cols), Hp(cols, cols);
-  for (long a = 0; a < cols; ++a) {
-    for (long r = 0; r < rows; ++r) Wp(r, a) = W(r, perm[a]);
-    for (long b = 0; b < cols; ++b) Hp(a, b) = H(perm[a], perm[b]);
-  }
-  const Md U = upper_chol_of_damped_inverse(Hp, percdamp);
+  Prepared pr = prepare(W0, H0, act_order, percdamp);
+  Md& Wp = pr.Wp;
+  const Md& U = pr.U;
+  const std::vector<int>& perm = pr.perm;
   std::vector<double> omega(cols);
   for (long k = 0; k < cols; ++k) omega[k] = std::pow(U(k, k), -exponent);
   LeanOut out;
