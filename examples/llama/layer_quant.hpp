@@ -135,13 +135,19 @@ inline double weight_bits(const MethodSpec& s, Eigen::Index cols) {
 }
 
 namespace detail {
-// The parts GPTQ, OWQ and PB-LLM share: groups, damping and the column sweep.
+// The parts every H-based quantizer shares: damping and the column sweep.
 template <class Options>
-Options second_order_options(const MethodSpec& s) {
+Options sweep_options(const MethodSpec& s) {
   Options o;
-  o.groupsize = s.groupsize;
   o.damping = s.damping;
   o.sweep = s.sweep;
+  return o;
+}
+// ... and for GPTQ, OWQ and PB-LLM the groups too.
+template <class Options>
+Options second_order_options(const MethodSpec& s) {
+  Options o = sweep_options<Options>(s);
+  o.groupsize = s.groupsize;
   return o;
 }
 
@@ -150,8 +156,9 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 inline void require_null_space(const MethodSpec& spec, const q2n::NullSpace<float>* ns,
-                               const char* fn) {
-  if (spec.q2n && ns == nullptr) fail(fn, ": spec.q2n is set but no null space was given");
+                               const Eigen::MatrixXf* abar, const char* fn) {
+  if (spec.q2n && ns == nullptr && abar == nullptr)
+    fail(fn, ": spec.q2n is set but neither a null space nor the inputs' Ā was given");
 }
 }  // namespace detail
 
@@ -188,25 +195,21 @@ q2n::QuantResult<float> run_quantizer(const Eigen::MatrixXf& W, DH&& H, const Me
       return q2n::pbllm(W, std::forward<DH>(H), o);
     }
     case Method::leanquant: {
-      q2n::LeanQuantOptions o;
+      auto o = detail::sweep_options<q2n::LeanQuantOptions>(s);
       o.bits = s.grid.bits;
       o.exponent = s.lq_exponent;
       o.max_iter = s.lq_max_iter;
       o.act_order = s.act_order;
-      o.damping = s.damping;
-      o.sweep = s.sweep;
       return q2n::leanquant(W, std::forward<DH>(H), o);
     }
     case Method::quip: {
-      q2n::QuipOptions o;
+      auto o = detail::sweep_options<q2n::QuipOptions>(s);
       o.bits = s.grid.bits;
       o.grid = s.quip_grid;
       o.rescale = s.quip_rescale;
       o.incoherence = s.quip_transform;
       o.seed = s.transform_seed;
       o.npasses = s.quip_npasses;
-      o.damping = s.damping;
-      o.sweep = s.sweep;
       return q2n::quip(W, std::forward<DH>(H), o);
     }
   }
@@ -231,21 +234,23 @@ struct LinearResult {
 };
 
 /// Step 2 alone: with spec.q2n, refines `quantized` (any storage, e.g. a Q given from outside
-/// wrapped by q2n::full_precision_result) with the null space `ns`; a storage in another basis
-/// (storage.transforms, QuIP) with the null space of `abar` mapped into that basis instead.
+/// wrapped by q2n::full_precision_result) with the null space `ns` (or, when ns is null, that of
+/// `abar`); a storage in another basis (storage.transforms, QuIP) with the null space of `abar`
+/// mapped into that basis instead (ns is not used).
 /// \param W    original weights (out × in), the ones `quantized` was made from
 /// \param abar the layer's sample-averaged inputs (positions × in); needed for a storage in
 ///             another basis
 inline LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen::MatrixXf& W,
                                   const q2n::NullSpace<float>* ns, const MethodSpec& spec,
                                   const Eigen::MatrixXf* abar = nullptr) {
-  detail::require_null_space(spec, ns, "llama::refine_linear");
+  detail::require_null_space(spec, ns, abar, "llama::refine_linear");
   LinearResult out;
   out.quantized = std::move(quantized);
   if (spec.q2n) {
     const auto t0 = std::chrono::steady_clock::now();
     if (out.quantized.storage.transforms.identity()) {
-      out.refined = q2n::refine(out.quantized, W, *ns, spec.lambda);
+      if (ns) out.refined = q2n::refine(out.quantized, W, *ns, spec.lambda);
+      else out.refined = q2n::refine(out.quantized, W, q2n::NullSpace<float>::compute(*abar, spec.null_space), spec.lambda);
     } else {
       if (!abar) fail("llama::refine_linear: the storage is in another basis and abar was not given");
       const auto stored = q2n::NullSpace<float>::compute(
@@ -260,13 +265,13 @@ inline LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen
 /// Quantizes one linear layer: the quantizer of `spec`, then Q2N when spec.q2n.
 /// \param W  weights (out × in)
 /// \param H  calibration Hessian of the layer's inputs (in × in), in any form (see run_quantizer)
-/// \param ns null space of the layer's sample-averaged inputs; required when spec.q2n
-/// \param abar those inputs themselves, for a quantizer that stores another basis (QuIP)
+/// \param ns null space of the layer's sample-averaged inputs; with spec.q2n, this or abar
+/// \param abar those inputs themselves: what a quantizer that stores another basis (QuIP) needs
 template <class DH>
 LinearResult quantize_linear(const Eigen::MatrixXf& W, DH&& H, const q2n::NullSpace<float>* ns,
                              const MethodSpec& spec, const Eigen::MatrixXf* abar = nullptr) {
   // Checked before the quantizer runs, which may take minutes.
-  detail::require_null_space(spec, ns, "llama::quantize_linear");
+  detail::require_null_space(spec, ns, abar, "llama::quantize_linear");
   return refine_linear(run_quantizer(W, std::forward<DH>(H), spec), W, ns, spec, abar);
 }
 

@@ -133,12 +133,13 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   MethodSpec spec = opt.spec;
   if (is_down && !opt.q2n_down_proj) spec.q2n = false;
   const InputStats stats = input_stats(inputs, seqlen, spec.q2n || opt.on_linear != nullptr);
-  // One null space per group: the members share their inputs.
+  // One null space per group: the members share their inputs. QuIP refines in each linear's
+  // own basis instead, from Ā itself.
+  const bool own_basis = spec.method == Method::quip;
   std::optional<q2n::NullSpace<float>> ns;
-  if (spec.q2n) ns = q2n::NullSpace<float>::compute(stats.abar, spec.null_space);
-  // QuIP refines in its own basis per linear, from Ā itself.
+  if (spec.q2n && !own_basis) ns = q2n::NullSpace<float>::compute(stats.abar, spec.null_space);
   Eigen::MatrixXf abar;
-  if (spec.q2n && spec.method == Method::quip) abar = stats.abar.cast<float>();
+  if (spec.q2n && own_basis) abar = stats.abar.cast<float>();
   for (Proj p : group) {
     Linear& lin = L.linear(p);
     LinearRecord rec;
@@ -149,7 +150,7 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
     // Every linear its own random transforms (QuIP): the seed mixes in its place.
     MethodSpec ls = spec;
     ls.transform_seed = linear_transform_seed(spec.transform_seed, layer, static_cast<int>(p));
-    rec.result = quantize_linear(W, stats.hessian, ns ? &*ns : nullptr, ls, &abar);
+    rec.result = quantize_linear(W, stats.hessian, ns ? &*ns : nullptr, ls, own_basis ? &abar : nullptr);
     if (opt.round_to) round_result_values(rec.result, *opt.round_to);
     measure_errors(rec.result, HessianOutputError(W, stats.hessian));
     if (opt.on_linear) opt.on_linear(layer, p, inputs, stats, lin.weight, rec.result);

@@ -206,17 +206,22 @@ int run(const Args& a) {
   // Statistics: Ā over sequences (a 2-D X counts as one sequence) and its null space first,
   // then H over all tokens: one at a time, each double accumulator dropped once its float
   // result exists, and H (cols × cols) not alive while the null space is computed.
+  // QuIP refines in its own basis: it keeps Ā, and its null space is part of the refinement.
+  const bool own_basis = !a.given && a.spec.method == llama::Method::quip;
   std::optional<q2n::NullSpace<float>> ns;
+  Matrix abar;
   if (a.spec.q2n) {
-    Matrix abar;
     {
       q2n::SampleMeanAccumulator acc(w.cols());
       for_each_sequence(l, [&](const auto& seq) { acc.add_sequence(seq); });
       abar = acc.mean_as<float>();
     }
     lap("statistics");
-    ns = q2n::NullSpace<float>::compute(abar, a.spec.null_space);
-    lap("null_space");
+    if (!own_basis) {
+      ns = q2n::NullSpace<float>::compute(abar, a.spec.null_space);
+      abar.resize(0, 0);
+      lap("null_space");
+    }
   }
   // H over all tokens: for the quantizer (GPTQ, OWQ, PB-LLM) and, when there are more tokens
   // than inputs, for the output error too (tr(D H Dᵀ) costs rows·cols² instead of
@@ -236,7 +241,8 @@ int run(const Args& a) {
   // The quantizer (h is consumed: moved into its working copy) and Q2N.
   const q2n::NullSpace<float>* nsp = ns ? &*ns : nullptr;
   llama::LinearResult r = a.given ? llama::refine_linear(read_given(in, a, w), w, nsp, a.spec)
-                                  : llama::quantize_linear(w, std::move(h), nsp, a.spec);
+                                  : llama::quantize_linear(w, std::move(h), nsp, a.spec,
+                                                           own_basis ? &abar : nullptr);
   lap("quantize");
   if (r.refined) {
     seconds["quantize"] -= r.refine_seconds;
@@ -263,7 +269,7 @@ int run(const Args& a) {
     const std::vector<std::int32_t> cut = {static_cast<std::int32_t>(r.refined->cut.index())};
     out.add_flat("cut_index", cut, q2n::io::DType::I32, {1});
     line["cut_index"] = r.refined->cut.index();
-    line["kept"] = ns->kept();
+    line["kept"] = r.refined->cut.kept;
   }
   const q2n::QuantResult<float>& res = r.final_result();
   out.add("Q", res.Q, q2n::io::DType::F32);

@@ -1,6 +1,7 @@
 # cmake -P script: runs q2n-layer on INPUT with OMP_NUM_THREADS=1 and =2 and requires the two
 # output files to be byte-identical (quantized weights, m, and everything else written).
 #   -DEXE=q2n-layer -DINPUT=in.safetensors -DOUT=dir -DARGS="--method;gptq;..."
+file(MAKE_DIRECTORY ${OUT})
 foreach(threads 1 2)
   execute_process(COMMAND ${CMAKE_COMMAND} -E env OMP_NUM_THREADS=${threads}
                           ${EXE} --input ${INPUT} --output ${OUT}/threads${threads}.safetensors ${ARGS}
