@@ -1,8 +1,10 @@
 // Results must not depend on the thread count: q2n's matrix products split their output into
 // panels of a fixed size (detail/parallel.hpp) instead of letting Eigen choose its blocking
 // from the number of threads, and the null space's routes run Eigen single-threaded, so 1 and
-// 2 threads give the same bits: H, GPTQ's and QuIP's Q, every route's kept basis, and m.
+// 2 threads give the same bits: H, GPTQ's and QuIP's Q, the blocked H⁻¹ factor, every route's
+// kept basis, and m.
 #include <q2n/projection.hpp>
+#include <q2n/detail/hessian_inverse.hpp>
 #include <q2n/quantizers.hpp>
 
 #include <doctest/doctest.h>
@@ -10,6 +12,7 @@
 
 #include "test_util.hpp"
 
+#include <utility>
 #include <vector>
 
 namespace {
@@ -18,7 +21,7 @@ template <class T>
 struct Run {
   Eigen::MatrixXd h;
   Eigen::Index kept_dense = 0, kept_partial = 0;
-  q2n_test::Mat<T> gptq_q, quip_kron_q, quip_had_q;
+  q2n_test::Mat<T> gptq_q, quip_kron_q, quip_had_q, u_blocked;
   Eigen::Matrix<T, Eigen::Dynamic, 1> m, m_own;
   std::vector<q2n_test::Mat<T>> bases;  // kept basis of each route
 };
@@ -54,6 +57,16 @@ Run<T> run_with_threads(int threads, const Eigen::MatrixXd& h_shared,
   opt.groupsize = 128;
   out.gptq_q = q2n::gptq(w, h_shared.cast<T>().eval(), opt).Q;
   out.m = q2n::equivalent_vector(w, out.gptq_q, shared_ns);
+  // The blocked H⁻¹ factorization (from 1024 columns): U of a 1100 × 1100 H.
+  {
+    const q2n_test::Mat<T> r = q2n_test::gaussian<T>(1100, 64, 9);
+    q2n_test::Mat<T> hb = r * r.transpose();
+    hb.diagonal().array() += T(1);
+    std::vector<int> perm(1100);
+    for (int i = 0; i < 1100; ++i) perm[static_cast<std::size_t>(i)] = (i * 7) % 1100;
+    q2n::QuantDiagnostics d;
+    out.u_blocked = q2n::detail::damped_inverse_cholesky<T>(std::move(hb), perm, 0.01, 0, false, d, "test");
+  }
   // QuIP: both transforms from both sides (640 = 16 · 40 Kronecker, 20 · 32 Hadamard).
   q2n::QuipOptions qo;
   out.quip_kron_q = q2n::quip(w, h_shared.cast<T>().eval(), qo).Q;
@@ -82,6 +95,7 @@ TEST_CASE_TEMPLATE("H, GPTQ and the equivalent vector do not depend on the threa
   CHECK(one.gptq_q == two.gptq_q);
   CHECK(one.quip_kron_q == two.quip_kron_q);
   CHECK(one.quip_had_q == two.quip_had_q);
+  CHECK(one.u_blocked == two.u_blocked);
   CHECK(one.m == two.m);
   CHECK(one.m_own == two.m_own);
   for (std::size_t k = 0; k < one.bases.size(); ++k) {
