@@ -1,8 +1,11 @@
 #pragma once
 // Shared helpers for the test suite: deterministic data that looks like LLM activations.
 #include <Eigen/Core>
+#include <Eigen/QR>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <random>
@@ -70,6 +73,67 @@ Mat<Scalar> structured_activations(Eigen::Index tokens, Eigen::Index cols, Eigen
   for (Eigen::Index c = 0; c < cols; c += 37) a.col(c) *= 8.0;
   a.row(0) *= 20.0;
   return a.cast<Scalar>();
+}
+
+/// Sample-averaged activations Ā (positions × cols, two sequences averaged) of the three
+/// families of benchmarks/make_activation_families.py, in double:
+///   steep           16 directions, strengths decaying by 0.7 each, noise sd 1e-3
+///   flat_massive    position 0 holds a massive activation (4 channels at 100x the typical
+///                   entry by default, as LLM inputs do; Llama-2's reach 1000x), 32 slowly decaying directions and an isotropic
+///                   noise floor with 0.15x their energy: the cut keeps many directions, and s0
+///                   is thousands of times the kept eigenvalues at the cut
+///   rank_deficient  i.i.d. entries with log-normal channel scales and 8 outlier channels;
+///                   use positions < cols for a rank-deficient Ā
+enum class Family { steep, flat_massive, rank_deficient };
+inline const char* family_name(Family f) {
+  return f == Family::steep ? "steep" : f == Family::flat_massive ? "flat_massive" : "rank_deficient";
+}
+inline Mat<double> activation_family(Family f, Eigen::Index positions, Eigen::Index cols,
+                                     std::uint32_t seed, double massive_factor = 100.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> nd;
+  const auto normal = [&](Eigen::Index r, Eigen::Index c) {
+    Mat<double> m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = nd(gen);
+    return m;
+  };
+  const auto orthonormal_rows = [&](Eigen::Index k) {
+    const Eigen::HouseholderQR<Mat<double>> qr(normal(cols, k));
+    return Mat<double>(Mat<double>(qr.householderQ() * Mat<double>::Identity(cols, k)).transpose());
+  };
+  Mat<double> abar = Mat<double>::Zero(positions, cols);
+  const int nseq = 2;
+  if (f == Family::steep) {
+    const Eigen::Index k = std::min<Eigen::Index>(16, cols / 4);
+    Mat<double> basis = orthonormal_rows(k);
+    for (Eigen::Index j = 0; j < k; ++j) basis.row(j) *= 4.0 * std::pow(0.7, double(j));
+    for (int s = 0; s < nseq; ++s) abar += normal(positions, k) * basis + 1e-3 * normal(positions, cols);
+  } else if (f == Family::flat_massive) {
+    const Eigen::Index k = std::min<Eigen::Index>(32, cols / 4);
+    Mat<double> basis = orthonormal_rows(k);
+    double structured = 0;
+    for (Eigen::Index j = 0; j < k; ++j) {
+      const double strength = 1.0 / std::sqrt(1.0 + double(j) / 4.0);
+      basis.row(j) *= strength;
+      structured += strength * strength;
+    }
+    const double noise_sd = std::sqrt(0.15 * structured / double(cols));
+    const double typical = std::sqrt(1.15 * structured / double(cols));
+    Eigen::RowVectorXd massive = Eigen::RowVectorXd::Zero(cols);
+    for (int c = 0; c < 4; ++c) massive(std::uniform_int_distribution<Eigen::Index>(0, cols - 1)(gen)) =
+        (c % 2 ? -massive_factor : massive_factor) * typical;
+    for (int s = 0; s < nseq; ++s) {
+      Mat<double> x = normal(positions, k) * basis + noise_sd * normal(positions, cols);
+      x.row(0) += massive;
+      abar += x;
+    }
+  } else {
+    Eigen::RowVectorXd scales(cols);
+    for (Eigen::Index c = 0; c < cols; ++c) scales(c) = std::exp(0.5 * nd(gen));
+    for (Eigen::Index c = 0; c < std::min<Eigen::Index>(8, cols); ++c) scales(c * (cols / 8)) *= 10.0;
+    for (int s = 0; s < nseq; ++s) abar += normal(positions, cols) * scales.asDiagonal();
+  }
+  return abar / double(nseq);
 }
 
 }  // namespace q2n_test

@@ -33,6 +33,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Matrix = Eigen::MatrixXf;
 
+const char* route_name(q2n::SpectrumRoute r) {
+  switch (r) {
+    case q2n::SpectrumRoute::covariance: return "covariance";
+    case q2n::SpectrumRoute::gram: return "gram";
+    case q2n::SpectrumRoute::partial: return "partial";
+    case q2n::SpectrumRoute::automatic: break;
+  }
+  return "automatic";
+}
+
 struct Args {
   std::string input, output, q_tensor = "Q";
   bool given = false;  ///< --method given: refine the input's Q instead of quantizing W
@@ -270,6 +280,10 @@ int run(const Args& a) {
     out.add_flat("cut_index", cut, q2n::io::DType::I32, {1});
     line["cut_index"] = r.refined->cut.index();
     line["kept"] = r.refined->cut.kept;
+  }
+  if (ns) {
+    line["null_space_route"] = route_name(ns->route());
+    line["route_reason"] = ns->route_reason();
   }
   const q2n::QuantResult<float>& res = r.final_result();
   out.add("Q", res.Q, q2n::io::DType::F32);

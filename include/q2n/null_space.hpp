@@ -27,15 +27,24 @@ namespace q2n {
 
 /// How the spectrum of `ĀᵀĀ` is computed.
 ///
-/// Cost model (n = min(seqlen, cols), N = max(seqlen, cols)): every route first forms the
-/// smaller of `ĀĀᵀ` / `ĀᵀĀ` (n × n, n²·N multiply-adds, one GEMM). A dense eigendecomposition
-/// then costs O(n³) at level-2 BLAS speed; the partial route costs O(n²·w) in GEMMs for a
-/// Krylov space of width w (a few times the kept count). `automatic` picks the dense route for
-/// n ≤ 384, where it takes milliseconds, and the partial route above.
+/// Cost model (n = min(seqlen, cols), N = max(seqlen, cols)). A dense route forms the smaller
+/// of `ĀĀᵀ` / `ĀᵀĀ` (n²·N/2 multiply-adds) and decomposes it in O(n³) at level-2 BLAS speed.
+/// The partial route needs a Krylov space of width w (a few times the kept count): as two
+/// products through Ā (2·n·N·w) while that is cheaper than forming the n × n matrix, by the
+/// formed matrix (n²·w) after. `automatic` takes the dense route for n ≤ 384, where it takes
+/// milliseconds, and the partial route above; a partial route that cannot decide the cut
+/// within width n/3 hands the matrix it formed to the dense route. NullSpace::route_reason()
+/// says what ran.
+///
+/// Precision: in float, the Gram route resolves eigenvalues down to about seqlen·ε·s0. When
+/// a kept eigenvalue lies below that (a massive activation makes s0 thousands of times the
+/// cut), the Gram route runs in double instead: the same n × n problem, where the covariance
+/// route would decompose cols × cols.
 enum class SpectrumRoute {
   automatic,   ///< dense on the smaller side for n ≤ 384, partial otherwise
   covariance,  ///< dense eigendecomposition of `ĀᵀĀ` (cols × cols)
-  gram,        ///< dense eigendecomposition of `ĀĀᵀ` (seqlen × seqlen), vectors mapped back by `Āᵀu/√s`
+  gram,        ///< dense eigendecomposition of `ĀĀᵀ` (seqlen × seqlen), vectors mapped back by
+               ///< `Āᵀu/√s`; in double when float cannot resolve the kept eigenvalues
   partial,     ///< leading eigenpairs only, by block Krylov iteration on the smaller side, grown
                ///< until the cut rule is decided by pairs with verified residuals; falls back to
                ///< the dense route on the smaller side when the cut is not small
@@ -105,24 +114,12 @@ class NullSpace {
     const Matrix a = (abar * static_cast<typename Derived::Scalar>(std::ldexp(1.0, -e)))
                          .template cast<Scalar>();
 
-    const SpectrumRoute dense_route =
-        a.rows() < a.cols() ? SpectrumRoute::gram : SpectrumRoute::covariance;
-    SpectrumRoute route = options.route;
-    if (route == SpectrumRoute::automatic)
-      route = std::min(a.rows(), a.cols()) <= 384 ? dense_route : SpectrumRoute::partial;
     NullSpace ns;
     ns.cols_ = a.cols();
     ns.energy_scale_ = std::ldexp(1.0, 2 * e);
     // Eigen's multithreaded products round differently on different thread counts; the
     // routes' products (Householder blocks, Krylov steps) run single-threaded instead.
-    detail::with_serial_eigen([&] {
-      if (route == SpectrumRoute::partial) {
-        if (ns.from_partial(a, options)) return;
-        route = dense_route;
-      }
-      if (route == SpectrumRoute::gram && ns.from_gram(a, options)) return;
-      ns.from_covariance(a, options);
-    });
+    detail::with_serial_eigen([&] { ns.solve(a, options); });
     return ns;
   }
 
@@ -156,8 +153,12 @@ class NullSpace {
   Eigen::Index kept() const { return basis_.cols(); }
   /// The cut rule's result.
   const Cut& cut() const { return cut_; }
-  /// The route actually used (automatic resolved; gram may fall back to covariance).
+  /// The route whose result was kept (automatic resolved; see route_reason()).
   SpectrumRoute route() const { return route_; }
+  /// Why that route ran, in one sentence: the cost model's choice, the fallbacks taken (a
+  /// partial route that could not decide the cut, a float Gram eigensolve redone in double),
+  /// the Krylov width and whether the n × n matrix was formed.
+  const std::string& route_reason() const { return reason_; }
   /// U1: the kept eigenvectors (cols × r), orthonormal columns, in descending eigenvalue order.
   const Matrix& kept_basis() const { return basis_; }
   /// Spectrum of `ĀᵀĀ`, descending, negatives clamped to 0: all cols values for the dense
@@ -204,6 +205,63 @@ class NullSpace {
                    "; pass a matrix with one column per layer input");
   }
 
+  // The routes, in the order the cost model tries them. n = min(seqlen, cols), N = max.
+  // `small` is the n × n matrix (ĀĀᵀ when seqlen < cols, else ĀᵀĀ), formed at most once and
+  // shared by the partial route and the dense route on the same side.
+  void solve(const Matrix& a, const NullSpaceOptions& options) {
+    const bool gram_side = a.rows() < a.cols();
+    const Eigen::Index n = std::min(a.rows(), a.cols());
+    const SpectrumRoute dense_route = gram_side ? SpectrumRoute::gram : SpectrumRoute::covariance;
+    SpectrumRoute route = options.route;
+    if (route == SpectrumRoute::automatic) {
+      route = n <= kDenseUpTo ? dense_route : SpectrumRoute::partial;
+      reason_ = n <= kDenseUpTo ? "dense: n = " + std::to_string(n) + " <= " +
+                                      std::to_string(kDenseUpTo) + ", a dense solve takes milliseconds"
+                                : "partial: n = " + std::to_string(n) + " > " +
+                                      std::to_string(kDenseUpTo);
+    } else {
+      reason_ = "requested";
+    }
+    Matrix small;
+    if (route == SpectrumRoute::partial) {
+      if (from_partial(a, options, small)) return;
+      route = dense_route;
+    }
+    if (route == SpectrumRoute::gram) {
+      // A float solve is skipped when the partial route already showed it cannot resolve the
+      // cut: the kept eigenvalues lie at or below its verified values, and those are at the
+      // floor.
+      if (!float_gram_futile_ && from_gram<Scalar>(a, options, gram_side ? &small : nullptr))
+        return;
+      if constexpr (std::is_same_v<Scalar, float>) {
+        // A kept eigenvalue lies under float's resolution of ĀĀᵀ (a dominant s0, as massive
+        // activations make it): the same route in double resolves it, at the cost of the
+        // n × n solve, where the covariance route would solve a cols × cols problem.
+        reason_ += float_gram_futile_
+                       ? "; Gram route in double: float cannot resolve the cut next to s0"
+                       : "; float Gram cannot resolve kept eigenvalue s_" +
+                             std::to_string(cut_.kept - 1) + " next to s0, redone in double";
+        if (from_gram<double>(a, options, nullptr)) return;
+      }
+      reason_ += "; Gram vectors below the rounding floor, covariance route instead";
+    }
+    from_covariance(a, options, gram_side ? nullptr : &small);
+  }
+
+  // ĀĀᵀ (gram) or ĀᵀĀ, lower triangle by a rank update then mirrored.
+  template <class Work>
+  static Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> product_matrix(
+      const Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>& a, bool gram) {
+    const Eigen::Index k = gram ? a.rows() : a.cols();
+    Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> m =
+        Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>::Zero(k, k);
+    if (gram)
+      m.template selfadjointView<Eigen::Lower>().rankUpdate(a);
+    else
+      m.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
+    return m;
+  }
+
   // Descending eigenvalues (clamped) from an ascending solver result, and the cut on them.
   void set_spectrum(const Eigen::VectorXd& descending, const NullSpaceOptions& options) {
     eigenvalues_ = descending.cwiseMax(0.0) * energy_scale_;
@@ -211,34 +269,38 @@ class NullSpace {
     cut_ = find_cut(eigenvalues_, options.threshold, options.rule);
   }
 
-  // Kept basis from eigenvectors z of the Gram matrix: v = Āᵀ z / √s. Returns false when a kept
-  // eigenvalue lies within ten times the ~t·eps·s0 level at which the solver resolves
-  // eigenvalues of the t × t Gram matrix: its mapped-back vector would be rounding noise.
-  bool map_from_gram(const Matrix& a, const Matrix& z, const Eigen::VectorXd& s) {
+  // Kept basis from eigenvectors z of the Gram matrix, computed in Work: v = Āᵀ z / √s.
+  // Returns false when a kept eigenvalue lies within ten times the ~t·eps·s0 level at which
+  // the solver resolves eigenvalues of the t × t Gram matrix: its mapped-back vector would be
+  // rounding noise.
+  template <class Work>
+  bool map_from_gram(const Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>& a,
+                     const Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>& z,
+                     const Eigen::VectorXd& s) {
     const Eigen::Index r = z.cols();
     const double floor =
-        s(0) * static_cast<double>(a.rows()) * std::numeric_limits<Scalar>::epsilon();
+        s(0) * static_cast<double>(a.rows()) * std::numeric_limits<Work>::epsilon();
     if (r > 0 && s(r - 1) <= 10 * floor) return false;
-    const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> inv_sqrt =
-        (s.head(r) / energy_scale_).cwiseSqrt().cwiseInverse().template cast<Scalar>();
-    basis_.noalias() = a.transpose() * z;
-    basis_ *= inv_sqrt.asDiagonal();
+    const Eigen::Matrix<Work, Eigen::Dynamic, 1> inv_sqrt =
+        (s.head(r) / energy_scale_).cwiseSqrt().cwiseInverse().template cast<Work>();
+    Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> v(a.cols(), r);
+    v.noalias() = a.transpose() * z;
+    v *= inv_sqrt.asDiagonal();
+    basis_ = v.template cast<Scalar>();
     return true;
   }
 
   // Partial route: block Krylov on the smaller of ĀĀᵀ / ĀᵀĀ, the Krylov space widened until
   // the cut rule is decided by leading Ritz pairs whose residuals are verified small. Returns
-  // false (caller falls back to a dense route) when the needed width passes a third of n.
-  bool from_partial(const Matrix& a, const NullSpaceOptions& options) {
+  // false (caller falls back to the dense route) when the needed width passes a third of n.
+  // Each attempt applies the n × n matrix M as two products through Ā (2·n·N·w multiply-adds
+  // for width w) or, once cheaper, forms M (n²·N/2, kept in `small`) and multiplies by it
+  // (n²·w); M formed here also serves the dense fallback.
+  bool from_partial(const Matrix& a, const NullSpaceOptions& options, Matrix& small) {
     route_ = SpectrumRoute::partial;
     const bool gram = a.rows() < a.cols();
     const Eigen::Index n = std::min(a.rows(), a.cols());
-    Matrix m = Matrix::Zero(n, n);
-    if (gram)
-      m.template selfadjointView<Eigen::Lower>().rankUpdate(a);
-    else
-      m.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
-    m = m.template selfadjointView<Eigen::Lower>();
+    const double nd = static_cast<double>(n), big = static_cast<double>(std::max(a.rows(), a.cols()));
     total_ = 0;  // ‖Ā‖_F² in double: the trace, i.e. the sum of all eigenvalues
     for (Eigen::Index j = 0; j < a.cols(); ++j)
       total_ += a.col(j).template cast<double>().squaredNorm();
@@ -247,39 +309,80 @@ class NullSpace {
     // A Ritz pair counts once its residual (which bounds its eigenvalue error) is below 1e-4 of
     // its value (1e-8 in double) or at the rounding floor of an n × n product.
     const double rel = std::is_same_v<Scalar, float> ? 1e-4 : 1e-8;
-    const double floor_rel = 10 * std::sqrt(static_cast<double>(n)) * eps;
+    const double floor_rel = 10 * std::sqrt(nd) * eps;
     const Eigen::Index block = std::clamp<Eigen::Index>(n / 16, 4, 32);
+    Matrix through;  // Ā x or Āᵀ x, the implicit product's intermediate
+    const auto implicit = [&](const auto& x, auto&& y) {
+      if (gram) {
+        through.noalias() = a.transpose() * x;
+        y.noalias() = a * through;
+      } else {
+        through.noalias() = a * x;
+        y.noalias() = a.transpose() * through;
+      }
+    };
+    const auto explicit_ = [&](const auto& x, auto&& y) {
+      y.noalias() = small.template selfadjointView<Eigen::Lower>() * x;
+    };
+    Eigen::Index width = 0, last_known = 0;
+    Eigen::VectorXd last_theta;
     for (Eigen::Index blocks = 3; block * blocks <= std::max<Eigen::Index>(n / 3, 2 * block);
          blocks *= 2) {
-      const auto ritz = detail::block_krylov<Scalar>(m, block, blocks);
-      if (!ritz.ok) return false;
+      width = block * blocks;
+      const double w = static_cast<double>(width);
+      if (small.size() == 0 && nd * nd * big / 2 + nd * nd * w < 2 * nd * big * w)
+        small = product_matrix<Scalar>(a, gram);
+      const auto ritz = small.size() ? detail::block_krylov<Scalar>(n, explicit_, block, blocks)
+                                     : detail::block_krylov<Scalar>(n, implicit, block, blocks);
+      if (!ritz.ok) break;
       const Eigen::VectorXd theta = ritz.values.cwiseMax(0.0);
       Eigen::Index known = 0;
       while (known < theta.size() &&
              ritz.residuals(known) <= std::max(rel * theta(known), floor_rel * theta(0)))
         ++known;
       if (known == 0) continue;
+      last_known = known;
+      last_theta = theta;
       const Eigen::VectorXd head = theta.head(known) * energy_scale_;
       const auto cut = detail::cut_from_leading(head, cols_, total_, total_ - head(0),
                                                 options.threshold, options.rule);
       if (!cut) continue;
       cut_ = *cut;
       eigenvalues_ = head;
+      reason_ += "; cut decided by " + std::to_string(known) + " verified Ritz pairs of a width-" +
+                 std::to_string(width) + " Krylov space" +
+                 (small.size() ? " (n x n matrix formed)" : " (products through Abar)");
       const Matrix z = ritz.vectors.leftCols(cut_.kept);
       if (!gram) {
         basis_ = z;
         return true;
       }
-      return map_from_gram(a, z, head);
+      if (map_from_gram<Scalar>(a, z, head)) return true;
+      float_gram_futile_ = true;  // a dense float solve has the same floor
+      reason_ += "; Gram vectors below the rounding floor";
+      return false;
     }
+    // Whether a dense float Gram solve would be refused (a kept eigenvalue under ten times its
+    // t·eps·s0 floor, see map_from_gram), judged before paying for it: certainly so when the
+    // smallest verified value is under the floor (the kept ones beyond it are smaller), and
+    // as good as certain when the mean of the eigenvalues after s0 is: a cut the Krylov space
+    // could not reach lies in the bulk, around that mean. A wrong guess costs time (the solve
+    // runs in double), never accuracy.
+    if (gram && last_known > 0) {
+      const double floor10 = 10 * static_cast<double>(a.rows()) * eps * last_theta(0);
+      const double mean_rest = (total_ / energy_scale_ - last_theta(0)) / (nd - 1);
+      float_gram_futile_ = last_theta(last_known - 1) <= floor10 || mean_rest <= floor10;
+    }
+    reason_ += "; the cut needs more than a width-" + std::to_string(width) +
+               " Krylov space (n/3) can decide, dense route instead";
     return false;
   }
 
-  void from_covariance(const Matrix& a, const NullSpaceOptions& options) {
+  void from_covariance(const Matrix& a, const NullSpaceOptions& options, Matrix* small) {
     route_ = SpectrumRoute::covariance;
-    Matrix x = Matrix::Zero(cols_, cols_);
-    x.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
-    Eigen::SelfAdjointEigenSolver<Matrix> es(x);  // reads the lower triangle
+    Matrix x;
+    if (!small || small->size() == 0) x = product_matrix<Scalar>(a, false);
+    Eigen::SelfAdjointEigenSolver<Matrix> es(x.size() ? x : *small);  // reads the lower triangle
     if (es.info() != Eigen::Success)
       throw NumericalError("q2n::NullSpace::compute: eigendecomposition of AbarᵀAbar (" +
                            std::to_string(cols_) + " x " + std::to_string(cols_) +
@@ -289,14 +392,28 @@ class NullSpace {
     basis_ = es.eigenvectors().rightCols(cut_.kept).rowwise().reverse();
   }
 
-  // Returns false when the mapped-back basis would be inaccurate (a kept eigenvalue near the
-  // rounding floor); the caller then uses the covariance route.
-  bool from_gram(const Matrix& a, const NullSpaceOptions& options) {
+  // Dense Gram route in Work precision (Scalar, or double for a float NullSpace whose kept
+  // eigenvalues float cannot resolve). Returns false when the mapped-back basis would be
+  // inaccurate (a kept eigenvalue near Work's rounding floor); the spectrum and cut are set.
+  template <class Work>
+  bool from_gram(const Matrix& a, const NullSpaceOptions& options, Matrix* small) {
+    using WorkMatrix = Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>;
     route_ = SpectrumRoute::gram;
     const Eigen::Index t = a.rows();
-    Matrix g = Matrix::Zero(t, t);
-    g.template selfadjointView<Eigen::Lower>().rankUpdate(a);
-    Eigen::SelfAdjointEigenSolver<Matrix> es(g);
+    WorkMatrix aw, g;
+    const WorkMatrix* ap = &aw;
+    const WorkMatrix* gp = &g;
+    if constexpr (std::is_same_v<Work, Scalar>) {
+      ap = &a;
+      if (small && small->size())
+        gp = small;
+      else
+        g = product_matrix<Work>(a, true);
+    } else {
+      aw = a.template cast<Work>();
+      g = product_matrix<Work>(aw, true);
+    }
+    Eigen::SelfAdjointEigenSolver<WorkMatrix> es(*gp);
     if (es.info() != Eigen::Success)
       throw NumericalError("q2n::NullSpace::compute: eigendecomposition of AbarAbarᵀ (" +
                            std::to_string(t) + " x " + std::to_string(t) +
@@ -306,9 +423,11 @@ class NullSpace {
     Eigen::VectorXd s = Eigen::VectorXd::Zero(cols_);
     s.head(n) = es.eigenvalues().reverse().head(n).template cast<double>();
     set_spectrum(s, options);
-    return map_from_gram(a, es.eigenvectors().rightCols(cut_.kept).rowwise().reverse(),
-                         eigenvalues_);
+    const WorkMatrix z = es.eigenvectors().rightCols(cut_.kept).rowwise().reverse();
+    return map_from_gram<Work>(*ap, z, eigenvalues_);
   }
+
+  static constexpr Eigen::Index kDenseUpTo = 384;  // automatic: dense solve up to this n
 
   Eigen::Index cols_ = 0;
   Cut cut_;
@@ -317,6 +436,8 @@ class NullSpace {
   Eigen::VectorXd eigenvalues_;   // descending (see eigenvalues())
   double energy_scale_ = 1.0;     // 2^(2e) when compute() scaled Ā by 2^(−e), else 1
   double total_ = 0;              // trace of ĀᵀĀ
+  std::string reason_;            // see route_reason()
+  bool float_gram_futile_ = false;  // the partial route showed float cannot resolve the cut
 };
 
 }  // namespace q2n

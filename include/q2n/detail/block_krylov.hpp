@@ -23,11 +23,12 @@ struct RitzPairs {
 /// Rayleigh–Ritz on the block Krylov space span[V, MV, …, M^(blocks−1) V] of a random
 /// n × block start V (fixed seed), fully re-orthogonalized (two Gram–Schmidt passes and a QR
 /// per block), so the result is deterministic for a given M, block and blocks.
-template <class Scalar>
-RitzPairs<Scalar> block_krylov(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& m,
-                               Eigen::Index block, Eigen::Index blocks, std::uint32_t seed = 12345) {
+/// M is given by its action: `apply(x, y)` sets y = M x for an n × b block x (y a block of
+/// the same shape), so M can be an n × n matrix or a product never formed (Āᵀ(Ā x)).
+template <class Scalar, class Apply>
+RitzPairs<Scalar> block_krylov(Eigen::Index n, const Apply& apply, Eigen::Index block,
+                               Eigen::Index blocks, std::uint32_t seed = 12345) {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-  const Eigen::Index n = m.rows();
   const Eigen::Index width = std::min(n, block * blocks);
   Matrix basis(n, width), image(n, width);  // Q and M·Q
   {
@@ -42,7 +43,7 @@ RitzPairs<Scalar> block_krylov(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen
   Eigen::Index start = 0;
   while (true) {
     const Eigen::Index b = filled - start;
-    image.middleCols(start, b).noalias() = m * basis.middleCols(start, b);
+    apply(basis.middleCols(start, b), image.middleCols(start, b));
     if (filled == width) break;
     const Eigen::Index next = std::min(b, width - filled);
     Matrix w = image.middleCols(start, next);
