@@ -223,21 +223,20 @@ class NullSpace {
       reason_ = "requested";
     }
     Matrix small;
+    bool futile = false;  // the partial route judged a dense Gram solve in Scalar futile
     if (route == SpectrumRoute::partial) {
-      if (from_partial(a, options, small)) return;
+      const Partial outcome = from_partial(a, options, small);
+      if (outcome == Partial::decided) return;
+      futile = outcome == Partial::gram_futile;
       route = dense_route;
     }
     if (route == SpectrumRoute::gram) {
-      // A float solve is skipped when the partial route already showed it cannot resolve the
-      // cut: the kept eigenvalues lie at or below its verified values, and those are at the
-      // floor.
-      if (!float_gram_futile_ && from_gram<Scalar>(a, options, gram_side ? &small : nullptr))
-        return;
+      if (!futile && from_gram<Scalar>(a, options, gram_side ? &small : nullptr)) return;
       if constexpr (std::is_same_v<Scalar, float>) {
         // A kept eigenvalue lies under float's resolution of ĀĀᵀ (a dominant s0, as massive
         // activations make it): the same route in double resolves it, at the cost of the
         // n × n solve, where the covariance route would solve a cols × cols problem.
-        reason_ += float_gram_futile_
+        reason_ += futile
                        ? "; Gram route in double: float cannot resolve the cut next to s0"
                        : "; float Gram cannot resolve kept eigenvalue s_" +
                              std::to_string(cut_.kept - 1) + " next to s0, redone in double";
@@ -248,7 +247,8 @@ class NullSpace {
     from_covariance(a, options, gram_side ? nullptr : &small);
   }
 
-  // ĀĀᵀ (gram) or ĀᵀĀ, lower triangle by a rank update then mirrored.
+  // ĀĀᵀ (gram) or ĀᵀĀ: the lower triangle only, by a rank update (the eigensolvers and the
+  // selfadjoint products read that triangle).
   template <class Work>
   static Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> product_matrix(
       const Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>& a, bool gram) {
@@ -290,13 +290,15 @@ class NullSpace {
     return true;
   }
 
+  enum class Partial { decided, undecided, gram_futile };
   // Partial route: block Krylov on the smaller of ĀĀᵀ / ĀᵀĀ, the Krylov space widened until
   // the cut rule is decided by leading Ritz pairs whose residuals are verified small. Returns
-  // false (caller falls back to the dense route) when the needed width passes a third of n.
+  // undecided (caller falls back to the dense route) when the needed width passes a third of
+  // n, and gram_futile when, in addition, a dense Gram solve in Scalar would be refused too.
   // Each attempt applies the n × n matrix M as two products through Ā (2·n·N·w multiply-adds
   // for width w) or, once cheaper, forms M (n²·N/2, kept in `small`) and multiplies by it
   // (n²·w); M formed here also serves the dense fallback.
-  bool from_partial(const Matrix& a, const NullSpaceOptions& options, Matrix& small) {
+  Partial from_partial(const Matrix& a, const NullSpaceOptions& options, Matrix& small) {
     route_ = SpectrumRoute::partial;
     const bool gram = a.rows() < a.cols();
     const Eigen::Index n = std::min(a.rows(), a.cols());
@@ -355,12 +357,11 @@ class NullSpace {
       const Matrix z = ritz.vectors.leftCols(cut_.kept);
       if (!gram) {
         basis_ = z;
-        return true;
+        return Partial::decided;
       }
-      if (map_from_gram<Scalar>(a, z, head)) return true;
-      float_gram_futile_ = true;  // a dense float solve has the same floor
+      if (map_from_gram<Scalar>(a, z, head)) return Partial::decided;
       reason_ += "; Gram vectors below the rounding floor";
-      return false;
+      return Partial::gram_futile;  // a dense solve in Scalar has the same floor
     }
     // Whether a dense float Gram solve would be refused (a kept eigenvalue under ten times its
     // t·eps·s0 floor, see map_from_gram), judged before paying for it: certainly so when the
@@ -368,14 +369,14 @@ class NullSpace {
     // as good as certain when the mean of the eigenvalues after s0 is: a cut the Krylov space
     // could not reach lies in the bulk, around that mean. A wrong guess costs time (the solve
     // runs in double), never accuracy.
+    reason_ += "; the cut needs more than a width-" + std::to_string(width) +
+               " Krylov space (n/3) can decide, dense route instead";
     if (gram && last_known > 0) {
       const double floor10 = 10 * static_cast<double>(a.rows()) * eps * last_theta(0);
       const double mean_rest = (total_ / energy_scale_ - last_theta(0)) / (nd - 1);
-      float_gram_futile_ = last_theta(last_known - 1) <= floor10 || mean_rest <= floor10;
+      if (last_theta(last_known - 1) <= floor10 || mean_rest <= floor10) return Partial::gram_futile;
     }
-    reason_ += "; the cut needs more than a width-" + std::to_string(width) +
-               " Krylov space (n/3) can decide, dense route instead";
-    return false;
+    return Partial::undecided;
   }
 
   void from_covariance(const Matrix& a, const NullSpaceOptions& options, Matrix* small) {
@@ -437,7 +438,6 @@ class NullSpace {
   double energy_scale_ = 1.0;     // 2^(2e) when compute() scaled Ā by 2^(−e), else 1
   double total_ = 0;              // trace of ĀᵀĀ
   std::string reason_;            // see route_reason()
-  bool float_gram_futile_ = false;  // the partial route showed float cannot resolve the cut
 };
 
 }  // namespace q2n
