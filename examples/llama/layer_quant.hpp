@@ -25,7 +25,6 @@
 
 #include <Eigen/Core>
 
-#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -135,26 +134,6 @@ inline double weight_bits(const MethodSpec& s, Eigen::Index cols) {
 }
 
 namespace detail {
-// The parts every H-based quantizer shares: damping and the column sweep.
-template <class Options>
-Options sweep_options(const MethodSpec& s) {
-  Options o;
-  o.damping = s.damping;
-  o.sweep = s.sweep;
-  return o;
-}
-// ... and for GPTQ, OWQ and PB-LLM the groups too.
-template <class Options>
-Options second_order_options(const MethodSpec& s) {
-  Options o = sweep_options<Options>(s);
-  o.groupsize = s.groupsize;
-  return o;
-}
-
-inline double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 inline void require_null_space(const MethodSpec& spec, const q2n::NullSpace<float>* ns,
                                const Eigen::MatrixXf* abar, const char* fn) {
   if (spec.q2n && ns == nullptr && abar == nullptr)
@@ -162,59 +141,20 @@ inline void require_null_space(const MethodSpec& spec, const q2n::NullSpace<floa
 }
 }  // namespace detail
 
-/// Runs the selected quantizer (no Q2N) on W (out × in) with Hessian H (in × in, any form;
-/// an rvalue float matrix is consumed as the quantizer's working copy; RTN ignores it).
-template <class DH>
-q2n::QuantResult<float> run_quantizer(const Eigen::MatrixXf& W, DH&& H, const MethodSpec& s) {
-  switch (s.method) {
-    case Method::rtn: {
-      q2n::RtnOptions o;
-      o.grid = s.grid;
-      o.groupsize = s.groupsize;
-      return q2n::rtn(W, o);
-    }
-    case Method::gptq: {
-      auto o = detail::second_order_options<q2n::GptqOptions>(s);
-      o.grid = s.grid;
-      o.act_order = s.act_order;
-      o.static_groups = s.static_groups;
-      return q2n::gptq(W, std::forward<DH>(H), o);
-    }
-    case Method::owq: {
-      auto o = detail::second_order_options<q2n::OwqOptions>(s);
-      o.grid = s.grid;
-      o.act_order = s.act_order;
-      o.outlier_columns = owq_columns(s, W.cols());
-      return q2n::owq(W, std::forward<DH>(H), o);
-    }
-    case Method::pbllm: {
-      auto o = detail::second_order_options<q2n::PbllmOptions>(s);
-      o.low_frac = s.pb_low_frac;
-      o.high = s.pb_high;
-      o.salience = s.pb_salience;
-      return q2n::pbllm(W, std::forward<DH>(H), o);
-    }
-    case Method::leanquant: {
-      auto o = detail::sweep_options<q2n::LeanQuantOptions>(s);
-      o.bits = s.grid.bits;
-      o.exponent = s.lq_exponent;
-      o.max_iter = s.lq_max_iter;
-      o.act_order = s.act_order;
-      return q2n::leanquant(W, std::forward<DH>(H), o);
-    }
-    case Method::quip: {
-      auto o = detail::sweep_options<q2n::QuipOptions>(s);
-      o.bits = s.grid.bits;
-      o.grid = s.quip_grid;
-      o.rescale = s.quip_rescale;
-      o.incoherence = s.quip_transform;
-      o.seed = s.transform_seed;
-      o.npasses = s.quip_npasses;
-      return q2n::quip(W, std::forward<DH>(H), o);
-    }
-  }
-  fail("llama::run_quantizer: unknown method");
-}
+/// Runs the selected quantizer (no Q2N) on W (out × in) with Hessian H (in × in): a double H
+/// is converted to a float working copy; an rvalue float H is consumed as that copy. RTN
+/// ignores H. Compiled once, in layer_quant.cpp, for every program that runs the examples'
+/// pipeline.
+q2n::QuantResult<float> run_quantizer(const Eigen::MatrixXf& W, const Eigen::MatrixXd& H,
+                                      const MethodSpec& s);
+q2n::QuantResult<float> run_quantizer(const Eigen::MatrixXf& W, Eigen::MatrixXf&& H,
+                                      const MethodSpec& s);
+
+/// The null space of a layer's sample-averaged inputs Ā (positions × in), float or double.
+q2n::NullSpace<float> layer_null_space(const Eigen::MatrixXd& abar,
+                                       const q2n::NullSpaceOptions& options);
+q2n::NullSpace<float> layer_null_space(const Eigen::MatrixXf& abar,
+                                       const q2n::NullSpaceOptions& options);
 
 /// Result of quantizing one linear layer. Both storages are kept: the quantizer's, and with
 /// Q2N the refined one, so that a shared ±Q2N pass can hand each model its own.
@@ -240,27 +180,9 @@ struct LinearResult {
 /// \param W    original weights (out × in), the ones `quantized` was made from
 /// \param abar the layer's sample-averaged inputs (positions × in); needed for a storage in
 ///             another basis
-inline LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen::MatrixXf& W,
-                                  const q2n::NullSpace<float>* ns, const MethodSpec& spec,
-                                  const Eigen::MatrixXf* abar = nullptr) {
-  detail::require_null_space(spec, ns, abar, "llama::refine_linear");
-  LinearResult out;
-  out.quantized = std::move(quantized);
-  if (spec.q2n) {
-    const auto t0 = std::chrono::steady_clock::now();
-    if (out.quantized.storage.transforms.identity()) {
-      if (ns) out.refined = q2n::refine(out.quantized, W, *ns, spec.lambda);
-      else out.refined = q2n::refine(out.quantized, W, q2n::NullSpace<float>::compute(*abar, spec.null_space), spec.lambda);
-    } else {
-      if (!abar) fail("llama::refine_linear: the storage is in another basis and abar was not given");
-      const auto stored = q2n::NullSpace<float>::compute(
-          q2n::activations_to_stored_basis(out.quantized.storage, *abar), spec.null_space);
-      out.refined = q2n::refine(out.quantized, W, stored, spec.lambda);
-    }
-    out.refine_seconds = detail::seconds_since(t0);
-  }
-  return out;
-}
+LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen::MatrixXf& W,
+                           const q2n::NullSpace<float>* ns, const MethodSpec& spec,
+                           const Eigen::MatrixXf* abar = nullptr);
 
 /// Quantizes one linear layer: the quantizer of `spec`, then Q2N when spec.q2n.
 /// \param W  weights (out × in)

@@ -137,7 +137,7 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   // own basis instead, from Ā itself.
   const bool own_basis = spec.method == Method::quip;
   std::optional<q2n::NullSpace<float>> ns;
-  if (spec.q2n && !own_basis) ns = q2n::NullSpace<float>::compute(stats.abar, spec.null_space);
+  if (spec.q2n && !own_basis) ns = layer_null_space(stats.abar, spec.null_space);
   Eigen::MatrixXf abar;
   if (spec.q2n && own_basis) abar = stats.abar.cast<float>();
   for (Proj p : group) {

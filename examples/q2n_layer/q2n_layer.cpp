@@ -228,7 +228,7 @@ int run(const Args& a) {
     }
     lap("statistics");
     if (!own_basis) {
-      ns = q2n::NullSpace<float>::compute(abar, a.spec.null_space);
+      ns = llama::layer_null_space(abar, a.spec.null_space);
       abar.resize(0, 0);
       lap("null_space");
     }
