@@ -133,11 +133,21 @@ llama::PassOptions pass_options(const Options& o, const MethodSpec& spec, const 
   return po;
 }
 
+// The evaluation or calibration stream: bytes of `text`, or the ids of the token file `tokens`
+// (cli.hpp makes sure exactly one is set); at least one window and its next-token target.
+llama::Tokens read_data(const Options& o, const std::string& text, const std::string& tokens,
+                        const llama::Config& c, const std::string& what) {
+  const std::size_t window = static_cast<std::size_t>(o.seqlen) + 1;
+  return tokens.empty()
+             ? llama::read_text_tokens(text, c.vocab_size, window, what)
+             : llama::read_token_file(tokens, o.token_dtype, c.vocab_size, window, what);
+}
+
 // Perplexity of a quantized model, with the pass's figures.
 llama::Run evaluate(const llama::PassResult& pr, llama::Run run,
-                    const std::vector<std::uint8_t>& eval_text, const Options& o) {
+                    const llama::Tokens& eval_tokens, const Options& o) {
   const double t = llama::elapsed_seconds();
-  const llama::Perplexity p = llama::perplexity(pr.model, eval_text, o.seqlen, o.eval_windows);
+  const llama::Perplexity p = llama::perplexity(pr.model, eval_tokens, o.seqlen, o.eval_windows);
   run.eval_seconds = llama::elapsed_seconds() - t;
   run.ppl = p.ppl();
   run.windows = p.windows;
@@ -161,11 +171,11 @@ int run(int argc, char** argv) {
   if (c.max_position_embeddings > 0 && o.seqlen > c.max_position_embeddings)
     llama::fail("q2n_llama: --seqlen ", o.seqlen, " exceeds max_position_embeddings = ",
                 c.max_position_embeddings, " of ", o.model_dir, "/config.json");
-  const std::size_t window = static_cast<std::size_t>(o.seqlen) + 1;
-  const auto eval_text = llama::read_bytes(o.eval_text, window, "the perplexity evaluation");
-  std::vector<std::uint8_t> calib_text;
+  const llama::Tokens eval_tokens = read_data(o, o.eval_text, o.eval_tokens, fp.config,
+                                              "the perplexity evaluation");
+  llama::Tokens calib_tokens;
   if (!o.methods.empty())
-    calib_text = llama::read_bytes(o.calib_text, window, "the calibration windows");
+    calib_tokens = read_data(o, o.calib_text, o.calib_tokens, fp.config, "the calibration windows");
   const std::vector<MethodSpec> specs = configurations(o, fp);
   std::pair<int, llama::Proj> dump_target{-1, llama::Proj::q};
   if (!o.dump_file.empty())
@@ -177,7 +187,7 @@ int run(int argc, char** argv) {
             << c.num_key_value_heads << "; evaluating the float model\n";
   llama::Report report(o);
   const double t = llama::elapsed_seconds();
-  const llama::Perplexity pf = llama::perplexity(fp, eval_text, o.seqlen, o.eval_windows);
+  const llama::Perplexity pf = llama::perplexity(fp, eval_tokens, o.seqlen, o.eval_windows);
   report.add_float(pf, llama::elapsed_seconds() - t);
   if (o.methods.empty() && !o.save_dir.empty()) llama::save_model(fp, o.save_dir);
   if (o.methods.empty() && !o.exports.empty()) {
@@ -192,7 +202,7 @@ int run(int argc, char** argv) {
     // Calibrate.
     const std::uint64_t seed = o.seed + static_cast<std::uint64_t>(k);
     const llama::Calibration calib =
-        llama::capture_layer0_inputs(fp, calib_text, o.seqlen, o.nsamples, seed);
+        llama::capture_layer0_inputs(fp, calib_tokens, o.seqlen, o.nsamples, seed);
     for (const MethodSpec& base : specs) {
       Passes passes(fp, calib, o);
       for (bool use_q2n : {false, true}) {
@@ -210,7 +220,7 @@ int run(int argc, char** argv) {
         const llama::PassResult pr = passes.take(pass_options(o, run.spec, label, dump_target));
         run.pass_seconds = llama::elapsed_seconds() - t0;
         // Evaluate and report.
-        run = evaluate(pr, std::move(run), eval_text, o);
+        run = evaluate(pr, std::move(run), eval_tokens, o);
         for (auto f : o.exports)
           run.exports[llama::export_format_name(f)] = llama::export_model(
               f, pr.model, &pr.records, &run.spec, o.export_dir, o.seqlen);

@@ -4,6 +4,7 @@
 
 #include "export.hpp"
 #include "method_flags.hpp"
+#include "text.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -16,8 +17,11 @@ namespace llama {
 /// All options of q2n_llama (see usage()).
 struct Options {
   std::string model_dir;
-  std::string eval_text;
-  std::string calib_text;
+  std::string eval_text;     ///< bytes (token id = byte); default: the bundled held-out text
+  std::string calib_text;    ///< bytes; default: the bundled training text
+  std::string eval_tokens;   ///< token ids instead of eval_text (text.hpp: read_token_file)
+  std::string calib_tokens;  ///< token ids instead of calib_text
+  RawTokens token_dtype = RawTokens::unspecified;  ///< width of a raw token stream
   /// Every setting of the shared vocabulary (method_flags.hpp); method, grid.bits and q2n are
   /// swept over `methods`, `bits` and the ±Q2N variants.
   MethodSpec spec;
@@ -53,6 +57,14 @@ data
                         bundled kjv-256x4)
   --eval-text FILE      held-out bytes (default: the bundled kjv_valid_head.txt)
   --calib-text FILE     calibration bytes (default: the bundled kjv_train_head.txt)
+  --eval-tokens FILE    held-out token ids from any tokenizer, instead of --eval-text
+  --calib-tokens FILE   calibration token ids, instead of --calib-text
+                        A token file is FILE.safetensors holding one integer tensor (or one
+                        named input_ids), e.g. I32/I64 [windows, seqlen], read as its rows in
+                        order; or a raw little-endian stream of ids (--token-dtype). Windows
+                        are cut from it as from bytes: the bytes of a text as ids give the
+                        same run as the text.
+  --token-dtype D       uint16 | uint32: the id width of raw token streams
   --seqlen T            window length in tokens (default 256)
   --eval-windows N      evaluate only the first N windows (default: all = 255 for the bundled text)
 calibration
@@ -122,6 +134,14 @@ inline std::vector<ExportFormat> export_list(ArgCursor& a) {
   return out;
 }
 
+// --token-dtype uint16 | uint32.
+inline RawTokens token_dtype(ArgCursor& a) {
+  const std::string v = a.value();
+  if (v == "uint16") return RawTokens::uint16;
+  if (v == "uint32") return RawTokens::uint32;
+  a.fail(a.flag(), " ", v, " is not uint16 or uint32");
+}
+
 // The flags of q2n_llama itself (data, calibration, sweeps, output); false for any other.
 inline bool parse_tool_flag(ArgCursor& a, Options& o) {
   const std::string& f = a.flag();
@@ -129,6 +149,9 @@ inline bool parse_tool_flag(ArgCursor& a, Options& o) {
   else if (f == "--model") o.model_dir = a.value();
   else if (f == "--eval-text") o.eval_text = a.value();
   else if (f == "--calib-text") o.calib_text = a.value();
+  else if (f == "--eval-tokens") o.eval_tokens = a.value();
+  else if (f == "--calib-tokens") o.calib_tokens = a.value();
+  else if (f == "--token-dtype") o.token_dtype = token_dtype(a);
   else if (f == "--seqlen") o.seqlen = a.int_value(2, 1 << 16);
   else if (f == "--eval-windows") o.eval_windows = a.int_value(1, 1LL << 40);
   else if (f == "--nsamples") o.nsamples = static_cast<int>(a.int_value(1, 1 << 20));
@@ -156,14 +179,19 @@ inline bool parse_tool_flag(ArgCursor& a, Options& o) {
 inline Options parse_options(int argc, char** argv, const std::string& data_dir) {
   Options o;
   o.model_dir = data_dir + "/kjv-256x4";
-  o.eval_text = data_dir + "/kjv_valid_head.txt";
-  o.calib_text = data_dir + "/kjv_train_head.txt";
   ArgCursor a(argc, argv, "q2n_llama");
   // The tool's own flags first: --bits and --q2n are sweeps here, single values in q2n-layer.
   while (a.next())
     if (!detail::parse_tool_flag(a, o) && !parse_method_flag(a, o.spec))
       a.fail("unknown option ", a.flag(), " (see --help)");
   check_method_flags(a, o.spec);
+  if (!o.eval_text.empty() && !o.eval_tokens.empty())
+    a.fail("--eval-text and --eval-tokens are alternatives; pass one");
+  if (!o.calib_text.empty() && !o.calib_tokens.empty())
+    a.fail("--calib-text and --calib-tokens are alternatives; pass one");
+  if (o.eval_text.empty() && o.eval_tokens.empty()) o.eval_text = data_dir + "/kjv_valid_head.txt";
+  if (o.calib_text.empty() && o.calib_tokens.empty())
+    o.calib_text = data_dir + "/kjv_train_head.txt";
   if (o.exports.empty() != o.export_dir.empty())
     a.fail("--export and --export-dir go together");
   if (!o.exports.empty() && o.seeds > 1)

@@ -25,10 +25,10 @@ template <class... Parts>
   throw std::invalid_argument(os.str());
 }
 
-/// The bytes of `path`, which must be a regular file of at most `max_bytes` bytes.
+/// Checks that `path` is a regular file of at most `max_bytes` bytes and returns its size.
 /// \param what what the file is for, for the message ("the model's config.json", ...)
-inline std::string read_regular_file(const std::string& path, std::uintmax_t max_bytes,
-                                     const std::string& what) {
+inline std::uintmax_t check_regular_file(const std::string& path, std::uintmax_t max_bytes,
+                                         const std::string& what) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
@@ -40,6 +40,13 @@ inline std::string read_regular_file(const std::string& path, std::uintmax_t max
   if (ec) fail("cannot read the size of ", path, " (", what, "): ", ec.message());
   if (size > max_bytes)
     fail(path, " (", what, ") has ", size, " bytes, more than the ", max_bytes, " allowed");
+  return size;
+}
+
+/// The bytes of `path`, which must be a regular file of at most `max_bytes` bytes.
+inline std::string read_regular_file(const std::string& path, std::uintmax_t max_bytes,
+                                     const std::string& what) {
+  const std::uintmax_t size = check_regular_file(path, max_bytes, what);
   std::ifstream in(path, std::ios::binary);
   std::string bytes(static_cast<std::size_t>(size), '\0');
   if (!in || !in.read(bytes.data(), static_cast<std::streamsize>(size)))

@@ -15,6 +15,11 @@
 
 namespace llama {
 
+/// A token id: the byte value for byte-level models, a tokenizer's id otherwise. Ids are
+/// checked against the vocabulary when they are read (text.hpp), before any lookup.
+using Token = std::int32_t;
+using Tokens = std::vector<Token>;
+
 /// Rotary embedding tables for positions 0 … T−1 (rotate-half convention: dimension i pairs
 /// with i + head_dim/2).
 struct Rope {
@@ -118,7 +123,7 @@ inline void decoder_layer(const DecoderLayer& L, const Config& c, const Rope& ro
 }
 
 /// Embedding lookup: the residual stream entering layer 0 (T × hidden).
-inline Matrix embed(const Model& m, const std::uint8_t* tokens, Eigen::Index T) {
+inline Matrix embed(const Model& m, const Token* tokens, Eigen::Index T) {
   Matrix x(T, m.config.hidden_size);
   for (Eigen::Index t = 0; t < T; ++t) x.row(t) = m.embed.row(tokens[t]);
   return x;
@@ -132,16 +137,15 @@ inline Matrix lm_logits(const Model& m, const Matrix& x) {
   return logits;
 }
 
-/// Logits of a whole window (tokens are byte values: token id = byte).
-inline Matrix forward(const Model& m, const Rope& rope, const std::uint8_t* tokens,
-                      Eigen::Index T) {
+/// Logits of a whole window.
+inline Matrix forward(const Model& m, const Rope& rope, const Token* tokens, Eigen::Index T) {
   Matrix x = embed(m, tokens, T);
   for (const DecoderLayer& L : m.layers) decoder_layer(L, m.config, rope, x);
   return lm_logits(m, x);
 }
 
 /// Σ_t −log softmax(logits_t)[target_t] in double.
-inline double window_nll(const Matrix& logits, const std::uint8_t* targets) {
+inline double window_nll(const Matrix& logits, const Token* targets) {
   double nll = 0;
   for (Eigen::Index t = 0; t < logits.rows(); ++t) {
     const auto row = logits.row(t);

@@ -256,7 +256,7 @@ class Report {
     float_ppl_ = p.ppl();
     float_windows_ = p.windows;
     const nlohmann::json j{{"method", "none"}, {"bits", nullptr}, {"group", nullptr},
-                           {"q2n", false}, {"ppl", p.ppl()}, {"nll_per_byte", p.nll_per_byte()},
+                           {"q2n", false}, {"ppl", p.ppl()}, {"nll_per_token", p.nll_per_token()},
                            {"windows", p.windows}, {"seconds", seconds}};
     std::cout << j.dump() << std::endl;
     jsonl_.push_back({{"method", "none"}, {"ppl", p.ppl()}, {"windows", p.windows},
@@ -295,7 +295,7 @@ class Report {
     const MethodSpec& s = o_.spec;
     std::ostringstream md;
     md << "Model " << o_.model_dir << ": float PPL " << fmt(float_ppl_, 4) << " over "
-       << float_windows_ << " windows of " << o_.seqlen << " bytes; calibration " << o_.nsamples
+       << float_windows_ << " windows of " << o_.seqlen << " tokens; calibration " << o_.nsamples
        << " windows, seeds " << o_.seed << ".."
        << o_.seed + static_cast<std::uint64_t>(o_.seeds) - 1 << "; Q2N threshold "
        << s.null_space.threshold << ", lambda " << s.lambda

@@ -25,20 +25,21 @@ namespace llama {
 struct Calibration {
   Matrix inputs;
   Eigen::Index seqlen = 0;
-  std::vector<std::size_t> starts;  ///< byte offsets of the windows in the calibration text
+  std::vector<std::size_t> starts;  ///< offsets of the windows in the calibration stream
   Eigen::Index windows() const { return seqlen ? inputs.rows() / seqlen : 0; }
 };
 
-/// Draws `n` windows of T bytes from `text` (seeded) and embeds them.
-inline Calibration capture_layer0_inputs(const Model& m, const std::vector<std::uint8_t>& text,
-                                         Eigen::Index T, int n, std::uint64_t seed) {
+/// Draws `n` windows of T tokens from `tokens` (seeded) and embeds them.
+inline Calibration capture_layer0_inputs(const Model& m, const Tokens& tokens, Eigen::Index T,
+                                         int n, std::uint64_t seed) {
   if (n <= 0) fail("llama::capture_layer0_inputs: nsamples = ", n, " must be positive");
+  require_vocab(m, tokens, "llama::capture_layer0_inputs");
   Calibration c;
   c.seqlen = T;
-  c.starts = calibration_starts(text.size(), T, n, seed);
+  c.starts = calibration_starts(tokens.size(), T, n, seed);
   c.inputs.resize(static_cast<Eigen::Index>(n) * T, m.config.hidden_size);
   for (int s = 0; s < n; ++s)
-    c.inputs.middleRows(s * T, T) = embed(m, text.data() + c.starts[static_cast<std::size_t>(s)], T);
+    c.inputs.middleRows(s * T, T) = embed(m, tokens.data() + c.starts[static_cast<std::size_t>(s)], T);
   return c;
 }
 

@@ -13,9 +13,13 @@
 //   escape/          a sharded index whose shard name points outside the model directory
 //   config_dir/      config.json is a directory
 //   fifo.txt         a named pipe (reading it would block forever)
+// the bundled texts as token ids, which must drive the same run as the texts:
+//   kjv_train.safetensors  the calibration bytes as I32 [1024, 256] (rows in order)
+//   kjv_valid.u16          the held-out bytes as a raw little-endian uint16 stream
 // and wide_layer.safetensors: a q2n-layer input (W 512 x 1024, X 3 x 512 x 1024) with a
 // massive activation at position 0 over a noise floor, large enough for several product panels
 // and the partial eigensolver route.
+#include "llama/text.hpp"
 #include "tiny_model.hpp"
 
 #include <sys/stat.h>
@@ -107,6 +111,20 @@ int main(int argc, char** argv) {
       layer.add("W", w);
       layer.add_flat("X", x, q2n::io::DType::F32, {s, t, cols});
       layer.write(out + "/wide_layer.safetensors");
+    }
+
+    {
+      const auto train = llama::read_text_tokens(std::string(Q2N_EXAMPLE_DATA_DIR) +
+                                                     "/kjv_train_head.txt", 256, 1, "tokens");
+      if (train.size() != 1024 * 256) throw std::runtime_error("make_fixtures: kjv_train_head.txt has changed size");
+      q2n::io::SafetensorsWriter ids;
+      ids.add_flat("input_ids", train, q2n::io::DType::I32, {1024, 256});
+      ids.write(out + "/kjv_train.safetensors");
+      const auto valid = llama::read_text_tokens(std::string(Q2N_EXAMPLE_DATA_DIR) +
+                                                     "/kjv_valid_head.txt", 256, 1, "tokens");
+      std::ofstream u16(out + "/kjv_valid.u16", std::ios::binary);
+      for (llama::Token id : valid) u16.put(static_cast<char>(id)).put('\0');  // < 256
+      if (!u16) throw std::runtime_error("make_fixtures: cannot write kjv_valid.u16");
     }
 
     const std::string fifo = out + "/fifo.txt";

@@ -54,7 +54,7 @@ void naive_rope(Vec& v, std::size_t heads, std::size_t hd, std::size_t pos, doub
     }
 }
 
-std::vector<Vec> naive_logits(const llama::Model& m, const std::vector<std::uint8_t>& tokens) {
+std::vector<Vec> naive_logits(const llama::Model& m, const llama::Tokens& tokens) {
   const auto& c = m.config;
   const std::size_t T = tokens.size(), H = std::size_t(c.hidden_size), hd = std::size_t(c.head_dim);
   const std::size_t nh = std::size_t(c.num_attention_heads), nkv = std::size_t(c.num_key_value_heads);
@@ -109,10 +109,10 @@ std::vector<Vec> naive_logits(const llama::Model& m, const std::vector<std::uint
   return out;
 }
 
-std::vector<std::uint8_t> sample_tokens(int n, unsigned seed) {
+llama::Tokens sample_tokens(int n, unsigned seed) {
   std::mt19937 rng(seed);
-  std::vector<std::uint8_t> t(static_cast<std::size_t>(n));
-  for (auto& b : t) b = static_cast<std::uint8_t>(rng() % 256);
+  llama::Tokens t(static_cast<std::size_t>(n));
+  for (auto& b : t) b = static_cast<llama::Token>(rng() % 256);
   return t;
 }
 
@@ -124,7 +124,7 @@ TEST_CASE("the float model reproduces the reference logits") {
   const std::vector<float> ids = ref.read_flat<float>("input_ids");
   const llama::Matrix want = ref.read_matrix<float>("logits");
   REQUIRE(ids.size() == 128);
-  std::vector<std::uint8_t> tokens(ids.begin(), ids.end());
+  const llama::Tokens tokens(ids.begin(), ids.end());
   const llama::Rope rope(m.config, static_cast<Eigen::Index>(tokens.size()));
   const llama::Matrix got = llama::forward(m, rope, tokens.data(), 128);
   REQUIRE(got.rows() == want.rows());
@@ -138,7 +138,8 @@ TEST_CASE("the float model reproduces the reference logits") {
 
 TEST_CASE("the float model reproduces the reference perplexity protocol") {
   const llama::Model m = llama::load_model(kData + "/kjv-256x4");
-  const auto text = llama::read_bytes(kData + "/kjv_valid_head.txt", 257, "evaluation");
+  const llama::Tokens text =
+      llama::read_text_tokens(kData + "/kjv_valid_head.txt", m.config.vocab_size, 257, "evaluation");
   CHECK(llama::eval_window_count(text.size(), 256) == 255);
   std::ifstream in(kData + "/kjv-256x4/reference_eval.json");
   const nlohmann::json ref = nlohmann::json::parse(in);
@@ -240,7 +241,7 @@ TEST_CASE("model loading errors name the file and the problem") {
   std::ofstream(dir + "/m/config.json") << cfg.dump();
   CHECK_THROWS_WITH_AS(llama::load_model(dir + "/m"),
                        doctest::Contains("key \"hidden_size\" is missing"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(llama::read_bytes(dir + "/m/config.json", 1u << 20, "the evaluation"),
+  CHECK_THROWS_WITH_AS(llama::read_text_tokens(dir + "/m/config.json", 256, 1u << 20, "the evaluation"),
                        doctest::Contains("the evaluation needs at least 1048576"),
                        std::invalid_argument);
 }
@@ -271,9 +272,121 @@ TEST_CASE("calibration windows are seeded, in range and reproducible") {
   CHECK_THROWS_AS(llama::calibration_starts(256, 256, 1, 0), std::invalid_argument);
 }
 
+namespace {
+void write_raw(const std::string& path, const llama::Tokens& t, std::size_t width) {
+  std::ofstream out(path, std::ios::binary);
+  for (llama::Token id : t)
+    for (std::size_t k = 0; k < width; ++k)
+      out.put(static_cast<char>((static_cast<std::uint32_t>(id) >> (8 * k)) & 0xFF));
+}
+}  // namespace
+
+TEST_CASE("token files give the stream the equivalent bytes give, in every container") {
+  const std::string dir = std::string(LLAMA_TEST_TMP_DIR) + "/tokens";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string text_path = kData + "/kjv_train_head.txt";
+  const llama::Tokens bytes = llama::read_text_tokens(text_path, 256, 257, "calibration");
+  const std::size_t n = 6 * 1000;  // a prefix that factors as [6, 1000]
+  REQUIRE(bytes.size() >= n);
+  const llama::Tokens want(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n));
+  std::ofstream(dir + "/prefix.txt", std::ios::binary)
+      << std::string(want.begin(), want.end());  // the same bytes, as text
+  CHECK(llama::read_text_tokens(dir + "/prefix.txt", 256, 257, "t") == want);
+  write_raw(dir + "/t.u16", want, 2);
+  write_raw(dir + "/t.u32", want, 4);
+  CHECK(llama::read_token_file(dir + "/t.u16", llama::RawTokens::uint16, 256, 257, "t") == want);
+  CHECK(llama::read_token_file(dir + "/t.u32", llama::RawTokens::uint32, 256, 257, "t") == want);
+  // safetensors: I32 [windows, seqlen] (rows in order), I64 1-D, and "input_ids" among others.
+  {
+    q2n::io::SafetensorsWriter w;
+    w.add_flat("ids", want, q2n::io::DType::I32, {6, 1000});
+    w.write(dir + "/i32.safetensors");
+  }
+  {
+    q2n::io::SafetensorsWriter w;
+    w.add_flat("tokens", std::vector<std::int64_t>(want.begin(), want.end()),
+               q2n::io::DType::I64, {static_cast<std::int64_t>(n)});
+    w.write(dir + "/i64.safetensors");
+  }
+  {
+    q2n::io::SafetensorsWriter w;
+    w.add_flat("attention_mask", std::vector<std::int32_t>(n, 1), q2n::io::DType::I32, {6, 1000});
+    w.add_flat("input_ids", want, q2n::io::DType::I32, {6, 1000});
+    w.write(dir + "/named.safetensors");
+  }
+  for (const char* f : {"/i32.safetensors", "/i64.safetensors", "/named.safetensors"}) {
+    CAPTURE(f);
+    // The raw width is irrelevant to safetensors files.
+    CHECK(llama::read_token_file(dir + f, llama::RawTokens::unspecified, 256, 257, "t") == want);
+  }
+  // A large vocabulary: ids above 255 and above 65535 survive the u32 and I64 routes.
+  const llama::Tokens big{0, 255, 256, 65535, 65536, 151935};
+  write_raw(dir + "/big.u32", big, 4);
+  CHECK(llama::read_token_file(dir + "/big.u32", llama::RawTokens::uint32, 151936, 1, "t") == big);
+}
+
+TEST_CASE("token files are refused with the file's name and the problem") {
+  const std::string dir = std::string(LLAMA_TEST_TMP_DIR) + "/tokens_bad";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const auto refuses = [](const std::string& path, llama::RawTokens raw, std::int64_t vocab,
+                          const std::string& message) {
+    CAPTURE(path);
+    CHECK_THROWS_WITH_AS(llama::read_token_file(path, raw, vocab, 3, "the evaluation"),
+                         doctest::Contains(message.c_str()), std::invalid_argument);
+  };
+  write_raw(dir + "/t.u16", {1, 2, 300, 4}, 2);
+  refuses(dir + "/t.u16", llama::RawTokens::unspecified, 256, "t.u16 (the evaluation) is not a "
+          ".safetensors file; for a raw stream of token ids say its width with --token-dtype");
+  refuses(dir + "/t.u16", llama::RawTokens::uint16, 256,
+          "t.u16 (the evaluation): token 2 is 300, outside the model's vocabulary [0, 256)");
+  refuses(dir + "/t.u16", llama::RawTokens::uint32, 1000,
+          "t.u16 (the evaluation): token 0 is 131073, outside the model's vocabulary [0, 1000); "
+          "is the stream uint16 rather than uint32?");
+  std::ofstream(dir + "/odd.u16", std::ios::binary) << "abc";
+  refuses(dir + "/odd.u16", llama::RawTokens::uint16, 256,
+          "odd.u16 (the evaluation) has 3 bytes, not a whole number of 2-byte token ids");
+  write_raw(dir + "/short.u16", {1, 2}, 2);
+  refuses(dir + "/short.u16", llama::RawTokens::uint16, 256,
+          "short.u16 has 2 tokens but the evaluation needs at least 3");
+  {
+    q2n::io::SafetensorsWriter w;
+    w.add_flat("ids", std::vector<float>{1, 2, 3}, q2n::io::DType::F32, {3});
+    w.write(dir + "/float.safetensors");
+  }
+  refuses(dir + "/float.safetensors", llama::RawTokens::uint16, 256,
+          "tensor \"ids\" is F32; token ids are integers (I32 or I64)");
+  {
+    q2n::io::SafetensorsWriter w;
+    w.add_flat("ids", std::vector<std::int64_t>{1, -2, 3}, q2n::io::DType::I64, {3});
+    w.write(dir + "/negative.safetensors");
+  }
+  refuses(dir + "/negative.safetensors", llama::RawTokens::unspecified, 256,
+          "negative.safetensors (the evaluation): token 1 is -2, outside the model's vocabulary");
+  {
+    q2n::io::SafetensorsWriter w;
+    w.add_flat("a", std::vector<std::int32_t>{1, 2, 3}, q2n::io::DType::I32, {3});
+    w.add_flat("b", std::vector<std::int32_t>{1, 2, 3}, q2n::io::DType::I32, {3});
+    w.write(dir + "/two.safetensors");
+  }
+  refuses(dir + "/two.safetensors", llama::RawTokens::unspecified, 256,
+          "two.safetensors (the evaluation) holds 2 tensors; a token file holds one, or names "
+          "its ids \"input_ids\"");
+  std::ofstream(dir + "/junk.safetensors", std::ios::binary) << "not a header";
+  refuses(dir + "/junk.safetensors", llama::RawTokens::unspecified, 256,
+          "junk.safetensors (the evaluation) is not a readable safetensors file");
+  refuses(dir, llama::RawTokens::uint16, 256, "is not a regular file but a directory");
+  // Bytes of a text beyond a small model's vocabulary.
+  CHECK_THROWS_WITH_AS(llama::read_text_tokens(kData + "/kjv_train_head.txt", 64, 3, "the calibration"),
+                       doctest::Contains("outside the model's vocabulary [0, 64); byte-level "
+                                         "text needs a byte-level model"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("the shared pass reproduces the separate baseline pass and refines the same Q") {
   const llama::Model m = llama_test::make_tiny_model({});
-  std::vector<std::uint8_t> text = sample_tokens(4000, 11);
+  const llama::Tokens text = sample_tokens(4000, 11);
   const llama::Calibration calib = llama::capture_layer0_inputs(m, text, 32, 6, 3);
   llama::PassOptions base;
   base.spec.method = llama::Method::gptq;
