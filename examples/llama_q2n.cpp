@@ -1,15 +1,19 @@
 // q2n_llama: quantize a real (tiny) Llama model end to end with RTN, GPTQ, OWQ and PB-LLM,
 // each without and with the Q2N refinement on the same calibration data, and compare held-out
 // perplexity. Run with --help for the options; examples/README.md walks through the output.
+// Built with MPI (q2n_llama_mpi), `mpirun -np N` shares the work among N processes with
+// bit-identical results (llama/dist.hpp).
 
 #include "llama/cli.hpp"
 #include "llama/dump.hpp"
+#include "llama/dist.hpp"
 #include "llama/report.hpp"
 #include "llama/sequential.hpp"
 
 #include <Eigen/Core>
 
 #include <cstdint>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -164,6 +168,13 @@ int run(int argc, char** argv) {
   }
   set_threads(o.threads);
   llama::elapsed_seconds();
+  const llama::Processes& procs = llama::processes();
+  if (procs.size() > llama::kHessianShards)
+    llama::fail("q2n_llama: ", procs.size(), " processes; at most ", llama::kHessianShards,
+                " share a run (one per shard of the calibration statistics)");
+  if (procs.size() > 1 && !o.dump_file.empty())
+    llama::fail("q2n_llama: --dump-file needs all calibration windows in one process; run it "
+                "without mpirun");
 
   // Load.
   const llama::Model fp = llama::load_model(o.model_dir);
@@ -189,8 +200,9 @@ int run(int argc, char** argv) {
   const double t = llama::elapsed_seconds();
   const llama::Perplexity pf = llama::perplexity(fp, eval_tokens, o.seqlen, o.eval_windows);
   report.add_float(pf, llama::elapsed_seconds() - t);
-  if (o.methods.empty() && !o.save_dir.empty()) llama::save_model(fp, o.save_dir);
-  if (o.methods.empty() && !o.exports.empty()) {
+  // Files are written by the first process only (every process holds the same model).
+  if (o.methods.empty() && !o.save_dir.empty() && procs.root()) llama::save_model(fp, o.save_dir);
+  if (o.methods.empty() && !o.exports.empty() && procs.root()) {
     std::map<std::string, std::string> paths;
     for (auto f : o.exports)
       paths[llama::export_format_name(f)] =
@@ -221,34 +233,77 @@ int run(int argc, char** argv) {
         run.pass_seconds = llama::elapsed_seconds() - t0;
         // Evaluate and report.
         run = evaluate(pr, std::move(run), eval_tokens, o);
-        for (auto f : o.exports)
+        for (auto f : procs.root() ? o.exports : std::vector<llama::ExportFormat>{})
           run.exports[llama::export_format_name(f)] = llama::export_model(
               f, pr.model, &pr.records, &run.spec, o.export_dir, o.seqlen);
         std::cerr << label << " ppl " << llama::fmt(run.ppl, 4) << " (pass "
                   << llama::fmt(run.pass_seconds, 1) << " s, eval "
                   << llama::fmt(run.eval_seconds, 1) << " s)\n";
         report.add(run);
-        if (!o.save_dir.empty()) llama::save_model(pr.model, o.save_dir);
+        if (!o.save_dir.empty() && procs.root()) llama::save_model(pr.model, o.save_dir);
       }
     }
   }
-  report.finish();
+  if (procs.root()) report.finish();
   return 0;
+}
+
+
+// Every rank computes the same results; only the first prints them. The others keep stderr
+// for errors.
+struct QuietUnlessRoot {
+  std::streambuf* out = nullptr;
+  std::streambuf* err = nullptr;
+  QuietUnlessRoot() {
+    if (llama::processes().root()) return;
+    out = std::cout.rdbuf(nullptr);
+    err = std::cerr.rdbuf(nullptr);
+  }
+  void restore_stderr() {
+    if (err) std::cerr.rdbuf(err);
+    std::cerr.clear();
+  }
+  ~QuietUnlessRoot() {
+    if (out) std::cout.rdbuf(out);
+    restore_stderr();
+  }
+};
+
+#ifdef Q2N_LLAMA_MPI
+struct Mpi {
+  Mpi(int& argc, char**& argv) { MPI_Init(&argc, &argv); }
+  ~Mpi() { MPI_Finalize(); }
+  // A failed rank ends the job: the others may be waiting for it in a collective.
+  [[noreturn]] static void abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); std::exit(code); }
+};
+#endif
+
+int fail_with(QuietUnlessRoot& quiet, const std::exception& e, int code) {
+  quiet.restore_stderr();
+  const llama::Processes& procs = llama::processes();
+  std::string message = "error: ";
+  if (!procs.root()) message += "(process " + std::to_string(procs.rank()) + ") ";
+  std::cerr << message + e.what() + "\n" << std::flush;  // one write: ranks share the terminal
+#ifdef Q2N_LLAMA_MPI
+  if (llama::processes().size() > 1) Mpi::abort(code);
+#endif
+  return code;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef Q2N_LLAMA_MPI
+  Mpi mpi(argc, argv);
+#endif
+  QuietUnlessRoot quiet;
   try {
     return run(argc, argv);
   } catch (const std::invalid_argument& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
+    return fail_with(quiet, e, 2);
   } catch (const std::runtime_error& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
+    return fail_with(quiet, e, 2);
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
+    return fail_with(quiet, e, 1);
   }
 }

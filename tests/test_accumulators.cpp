@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "test_util.hpp"
 
@@ -169,4 +170,48 @@ TEST_CASE("Accumulators: float results out of float's range are reported, not re
   b.add_sequence(x.cast<double>() * 1e-300);
   CHECK_THROWS_WITH_AS(b.mean_as<float>(), doctest::Contains("below float's normal range"),
                        q2n::NumericalError);
+}
+
+TEST_CASE("Accumulators rebuilt from sum() continue exactly as the originals (another process)") {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd;
+  const auto batch = [&](Eigen::Index rows) {
+    return Eigen::MatrixXf(Eigen::MatrixXf::NullaryExpr(rows, 40, [&] { return nd(rng); }));
+  };
+  const Eigen::MatrixXf a = batch(96), b = batch(64);
+  // One process adds a, hands its state on; the next continues with b. The result must equal
+  // one accumulator adding both, bit for bit (== on doubles).
+  q2n::HessianAccumulator whole(40), first(40);
+  whole.add(a);
+  whole.add(b);
+  first.add(a);
+  q2n::HessianAccumulator next = q2n::HessianAccumulator::from_sum(first.sum(), first.tokens());
+  next.add(b);
+  CHECK(next.tokens() == whole.tokens());
+  CHECK(next.hessian() == whole.hessian());
+  q2n::SampleMeanAccumulator mwhole(40), mfirst(40);
+  mwhole.add_sequences(a, 32);
+  mwhole.add_sequences(b, 32);
+  mfirst.add_sequences(a, 32);
+  q2n::SampleMeanAccumulator mnext =
+      q2n::SampleMeanAccumulator::from_sum(40, mfirst.sum(), mfirst.samples());
+  mnext.add_sequences(b, 32);
+  CHECK(mnext.samples() == 5);
+  CHECK(mnext.mean() == mwhole.mean());
+  // An empty state rebuilds an empty accumulator, which then takes any sequence length.
+  q2n::SampleMeanAccumulator empty = q2n::SampleMeanAccumulator::from_sum(40, {}, 0);
+  empty.add_sequences(b, 16);
+  CHECK(empty.seqlen() == 16);
+  // Inconsistent states are refused, naming the argument.
+  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator::from_sum(Eigen::MatrixXd(3, 4), 1),
+                       doctest::Contains("sum is 3 x 4"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator::from_sum(Eigen::MatrixXd::Zero(3, 3), -1),
+                       doctest::Contains("tokens = -1 must be non-negative"), std::invalid_argument);
+  Eigen::MatrixXd nan = Eigen::MatrixXd::Zero(3, 3);
+  nan(1, 0) = std::nan("");
+  CHECK_THROWS_AS(q2n::HessianAccumulator::from_sum(nan, 4), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::SampleMeanAccumulator::from_sum(40, Eigen::MatrixXd::Zero(8, 40), 0),
+                       doctest::Contains("samples = 0 with a 8 x 40 sum"), std::invalid_argument);
+  CHECK_THROWS_AS(q2n::SampleMeanAccumulator::from_sum(40, Eigen::MatrixXd::Zero(8, 39), 2),
+                  std::invalid_argument);
 }

@@ -5,6 +5,7 @@
 /// inputs (with every earlier group already quantized), quantize the group, and move on; the
 /// next layer sees the outputs of the quantized layer.
 
+#include "dist.hpp"
 #include "forward.hpp"
 #include "layer_quant.hpp"
 #include "text.hpp"
@@ -20,26 +21,37 @@
 
 namespace llama {
 
-/// The calibration windows as the residual stream entering layer 0: S windows of T tokens
-/// stacked by rows ((S·T) × hidden), window s in rows [sT, (s+1)T).
+/// Number of shards the Hessian sum is split into (fixed, so that the result depends on neither
+/// the thread count nor the number of processes).
+inline constexpr int kHessianShards = 8;
+
+/// The calibration windows as the residual stream entering layer 0: the windows
+/// [first, first + windows()) of `total`, stacked by rows (window first + s in rows
+/// [sT, (s+1)T)). One process holds all of them; a rank of an MPI run its share (dist.hpp).
 struct Calibration {
   Matrix inputs;
   Eigen::Index seqlen = 0;
-  std::vector<std::size_t> starts;  ///< offsets of the windows in the calibration stream
+  Eigen::Index first = 0;           ///< index of the first window held here
+  Eigen::Index total = 0;           ///< windows of the whole run
+  std::vector<std::size_t> starts;  ///< offsets of all windows in the calibration stream
   Eigen::Index windows() const { return seqlen ? inputs.rows() / seqlen : 0; }
 };
 
-/// Draws `n` windows of T tokens from `tokens` (seeded) and embeds them.
+/// Draws `n` windows of T tokens from `tokens` (seeded) and embeds this process's share.
 inline Calibration capture_layer0_inputs(const Model& m, const Tokens& tokens, Eigen::Index T,
                                          int n, std::uint64_t seed) {
   if (n <= 0) fail("llama::capture_layer0_inputs: nsamples = ", n, " must be positive");
   require_vocab(m, tokens, "llama::capture_layer0_inputs");
   Calibration c;
   c.seqlen = T;
+  c.total = n;
   c.starts = calibration_starts(tokens.size(), T, n, seed);
-  c.inputs.resize(static_cast<Eigen::Index>(n) * T, m.config.hidden_size);
-  for (int s = 0; s < n; ++s)
-    c.inputs.middleRows(s * T, T) = embed(m, tokens.data() + c.starts[static_cast<std::size_t>(s)], T);
+  const auto [first, last] = processes().calibration_windows(n, kHessianShards);
+  c.first = first;
+  c.inputs.resize((last - first) * T, m.config.hidden_size);
+  for (Eigen::Index s = first; s < last; ++s)
+    c.inputs.middleRows((s - first) * T, T) =
+        embed(m, tokens.data() + c.starts[static_cast<std::size_t>(s)], T);
   return c;
 }
 
@@ -50,31 +62,35 @@ struct InputStats {
                             ///< when not requested)
 };
 
-/// Number of shards the Hessian sum is split into (fixed, so that the result does not depend
-/// on the thread count).
-inline constexpr int kHessianShards = 8;
-
-/// H and Ā of X, windows of `seqlen` rows. Definition (reproduced exactly by the tests):
-/// window s goes to shard s·kHessianShards / S; each shard adds its windows one by one (one
+/// H and Ā of X, windows of `seqlen` rows: the windows [first, first + X.rows()/seqlen) of
+/// `total` (default: X holds them all). Definition (reproduced exactly by the tests): window
+/// s goes to shard s·kHessianShards / total; each shard adds its windows one by one (one
 /// HessianAccumulator::add per window); the shards are merged in shard order. Ā adds all
-/// windows in order (only when `with_mean`: Q2N needs it, the quantizers do not).
-inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_mean = true) {
-  const Eigen::Index S = X.rows() / seqlen;
+/// windows in order (only when `with_mean`: Q2N needs it, the quantizers do not). In an MPI
+/// run every rank calls this with its own windows and gets the statistics of all of them
+/// (dist.hpp).
+inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_mean = true,
+                              Eigen::Index first = 0, Eigen::Index total = -1) {
+  const Eigen::Index local = X.rows() / seqlen;
+  if (total < 0) total = local;
+  const Processes& procs = processes();
   std::vector<q2n::HessianAccumulator> shards(kHessianShards, q2n::HessianAccumulator(X.cols()));
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1)
 #endif
   for (int k = 0; k < kHessianShards; ++k)
-    for (Eigen::Index s = 0; s < S; ++s)
-      if (s * kHessianShards / S == k) shards[static_cast<std::size_t>(k)].add(X.middleRows(s * seqlen, seqlen));
+    for (Eigen::Index s = first; s < first + local; ++s)
+      if (s * kHessianShards / total == k)
+        shards[static_cast<std::size_t>(k)].add(X.middleRows((s - first) * seqlen, seqlen));
+  for (int k = 0; k < kHessianShards; ++k)
+    procs.share(shards[static_cast<std::size_t>(k)], procs.shard_owner(k, kHessianShards));
   for (int k = 1; k < kHessianShards; ++k) shards[0].merge(shards[static_cast<std::size_t>(k)]);
   InputStats st;
   st.hessian = shards[0].hessian();
-  if (with_mean) {
-    q2n::SampleMeanAccumulator mean(X.cols());
-    mean.add_sequences(X, seqlen);
-    st.abar = mean.mean();
-  }
+  if (with_mean)
+    st.abar = procs.ordered_mean(seqlen, X.cols(), [&](q2n::SampleMeanAccumulator& mean) {
+      if (local > 0) mean.add_sequences(X, seqlen);
+    }).mean();
   return st;
 }
 
@@ -128,12 +144,13 @@ namespace detail {
 
 // Quantizes the linears of one group (all reading `inputs`) in place in `L`.
 inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::initializer_list<Proj> group,
-                           const Matrix& inputs, Eigen::Index seqlen, const PassOptions& opt,
+                           const Matrix& inputs, const Calibration& calib, const PassOptions& opt,
                            std::vector<LinearRecord>& records) {
   const bool is_down = *group.begin() == Proj::down;
   MethodSpec spec = opt.spec;
   if (is_down && !opt.q2n_down_proj) spec.q2n = false;
-  const InputStats stats = input_stats(inputs, seqlen, spec.q2n || opt.on_linear != nullptr);
+  const InputStats stats = input_stats(inputs, calib.seqlen, spec.q2n || opt.on_linear != nullptr,
+                                       calib.first, calib.total);
   // One null space per group: the members share their inputs. QuIP refines in each linear's
   // own basis instead, from Ā itself.
   const bool own_basis = spec.method == Method::quip;
@@ -190,7 +207,7 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
     DecoderLayer* tw = twin ? &out.twin.layers[static_cast<std::size_t>(i)] : nullptr;
     // [q, k, v]: inputs are the normalized residual stream.
     rms_norm(x, L.input_norm, c.rms_norm_eps, xn);
-    detail::quantize_group(L, tw, i, {Proj::q, Proj::k, Proj::v}, xn, T, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::q, Proj::k, Proj::v}, xn, calib, opt, out.records);
     // [o]: inputs are the attention outputs computed with the quantized q, k, v.
     att.resize(S * T, static_cast<Eigen::Index>(c.num_attention_heads) * c.head_dim);
 #ifdef _OPENMP
@@ -198,15 +215,15 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
 #endif
     for (Eigen::Index s = 0; s < S; ++s)
       att.middleRows(s * T, T) = attention_core(L, c, rope, xn.middleRows(s * T, T));
-    detail::quantize_group(L, tw, i, {Proj::o}, att, T, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::o}, att, calib, opt, out.records);
     // [up, gate]: inputs are the normalized stream after the quantized attention block.
     L.o.apply(att, y);
     h = x + y;
     rms_norm(h, L.post_norm, c.rms_norm_eps, xn);
-    detail::quantize_group(L, tw, i, {Proj::up, Proj::gate}, xn, T, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::up, Proj::gate}, xn, calib, opt, out.records);
     // [down]: inputs are silu(gate x) ⊙ up x with the quantized up and gate.
     act = mlp_activation(L, xn);
-    detail::quantize_group(L, tw, i, {Proj::down}, act, T, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::down}, act, calib, opt, out.records);
     L.down.apply(act, y);
     x = h + y;
     if (opt.on_layer) opt.on_layer(i, n_layers);

@@ -4,6 +4,7 @@
 /// from token-id files (any tokenizer), the held-out perplexity protocol and the calibration
 /// windows, both cut from a stream the same way whatever it was read from.
 
+#include "dist.hpp"
 #include "forward.hpp"
 
 #include <q2n/io/safetensors.hpp>
@@ -169,22 +170,23 @@ inline void require_vocab(const Model& m, const Tokens& tokens, const char* who)
 
 /// Held-out perplexity with non-overlapping windows: window w has inputs tokens[wT, wT+T) and
 /// targets tokens[wT+1, wT+T+1); ppl = exp(Σ NLL / (windows·T)). `max_windows` < 0 means all.
-/// Windows run in parallel (OpenMP); the sum is taken in window order, so the result does not
-/// depend on the thread count.
+/// Windows run in parallel (OpenMP threads, and the ranks of an MPI run: dist.hpp); the sum is
+/// taken in window order, so the result depends on neither.
 inline Perplexity perplexity(const Model& m, const Tokens& tokens, Eigen::Index T,
                              std::int64_t max_windows = -1) {
   require_vocab(m, tokens, "llama::perplexity");
   std::int64_t n = eval_window_count(tokens.size(), T);
   if (max_windows >= 0 && max_windows < n) n = max_windows;
   const Rope rope(m.config, T);
-  std::vector<double> nll(static_cast<std::size_t>(n), 0.0);
+  const auto [first, last] = processes().block(n);
+  std::vector<double> mine(static_cast<std::size_t>(last - first), 0.0);
   LLAMA_OMP_PARALLEL_FOR
-  for (std::int64_t w = 0; w < n; ++w) {
+  for (std::int64_t w = first; w < last; ++w) {
     const Token* p = tokens.data() + w * T;
-    nll[static_cast<std::size_t>(w)] = window_nll(forward(m, rope, p, T), p + 1);
+    mine[static_cast<std::size_t>(w - first)] = window_nll(forward(m, rope, p, T), p + 1);
   }
   Perplexity r;
-  for (double v : nll) r.nll += v;
+  for (double v : processes().gather(mine, n)) r.nll += v;
   // Finite weights can still overflow float inside the forward pass: refuse, never print NaN.
   if (!std::isfinite(r.nll))
     throw std::runtime_error("llama::perplexity: the model's log-likelihood is not finite "

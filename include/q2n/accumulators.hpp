@@ -3,7 +3,8 @@
 /// Streaming calibration statistics: the GPTQ Hessian and the sample-averaged activations.
 ///
 /// Both are sums with counts, so shards accumulated separately (other batches, other machines)
-/// combine with merge() into exactly the statistic of all their tokens together.
+/// combine with merge() into exactly the statistic of all their tokens together. To move a
+/// shard between processes, send its sum() and its count; from_sum() rebuilds it bit for bit.
 
 #include <q2n/detail/check.hpp>
 #include <q2n/detail/parallel.hpp>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 namespace q2n {
 
@@ -90,6 +92,26 @@ class HessianAccumulator {
   Eigen::Index cols() const { return cols_; }
   /// Number of tokens added so far (N).
   std::int64_t tokens() const { return tokens_; }
+
+  /// The running sum Σ x xᵀ (cols × cols, double; only its lower triangle is meaningful): with
+  /// tokens(), the whole state, e.g. to send to another process.
+  const Eigen::MatrixXd& sum() const { return sum_; }
+
+  /// Rebuilds an accumulator from another's sum() and tokens(); merge() and hessian() then
+  /// give exactly what the original would.
+  /// \throws std::invalid_argument unless `sum` is square and finite and tokens ≥ 0
+  static HessianAccumulator from_sum(Eigen::MatrixXd sum, std::int64_t tokens) {
+    const char* fn = "q2n::HessianAccumulator::from_sum";
+    if (sum.rows() != sum.cols() || sum.rows() == 0)
+      detail::fail(fn, ": sum is ", sum.rows(), " x ", sum.cols(),
+                   "; pass the square matrix another accumulator's sum() returned");
+    if (tokens < 0) detail::fail(fn, ": tokens = ", tokens, " must be non-negative");
+    detail::require_finite(sum, fn, "sum");
+    HessianAccumulator acc(sum.rows());
+    acc.sum_ = std::move(sum);
+    acc.tokens_ = tokens;
+    return acc;
+  }
 
   /// \return `(2/N) Σ x xᵀ` as a full symmetric matrix in double.
   Eigen::MatrixXd hessian() const {
@@ -185,6 +207,28 @@ class SampleMeanAccumulator {
   Eigen::Index seqlen() const { return sum_.rows(); }
   /// Number of sequences added (S).
   std::int64_t samples() const { return samples_; }
+
+  /// The running sum Σ_s X_s (seqlen × cols, double; empty before any sequence): with
+  /// samples(), the whole state, e.g. to send to another process.
+  const Eigen::MatrixXd& sum() const { return sum_; }
+
+  /// Rebuilds an accumulator from another's sum() and samples(); adding, merging and mean()
+  /// then give exactly what the original would.
+  /// \throws std::invalid_argument unless `sum` has `cols` columns and is finite, and samples
+  ///         is positive exactly when `sum` has rows
+  static SampleMeanAccumulator from_sum(Eigen::Index cols, Eigen::MatrixXd sum,
+                                        std::int64_t samples) {
+    const char* fn = "q2n::SampleMeanAccumulator::from_sum";
+    SampleMeanAccumulator acc(cols);
+    if (samples < 0 || (samples == 0) != (sum.size() == 0))
+      detail::fail(fn, ": samples = ", samples, " with a ", sum.rows(), " x ", sum.cols(),
+                   " sum; an accumulator with sequences has a non-empty sum, an empty one none");
+    if (sum.size() != 0) detail::require_shape(sum, -1, cols, fn, "sum");
+    detail::require_finite(sum, fn, "sum");
+    acc.sum_ = std::move(sum);
+    acc.samples_ = samples;
+    return acc;
+  }
 
   /// \return Ā = (1/S) Σ_s X_s in double (seqlen × cols).
   Eigen::MatrixXd mean() const {

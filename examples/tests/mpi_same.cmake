@@ -1,0 +1,36 @@
+# mpirun -np 2 gives the same quantized weights and perplexities as one process, bit for bit:
+# GPTQ 3-bit and GPTQ 3-bit + Q2N on the shipped model. The single process runs on the
+# machine's default thread count, the ranks on one thread each (the results depend on neither).
+#   cmake -DEXE=q2n_llama -DMPI_EXE=q2n_llama_mpi "-DMPIRUN=mpiexec;-n;2;..." -DOUT=... -P mpi_same.cmake
+set(_args --methods gptq --bits 3 --group 64 --nsamples 24 --eval-windows 37)
+file(REMOVE_RECURSE ${OUT})
+foreach(q off on)
+  execute_process(COMMAND ${EXE} ${_args} --q2n ${q} --save ${OUT}/single_${q}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE single ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "one process, --q2n ${q}, failed (${rc}): ${err}")
+  endif()
+  execute_process(COMMAND ${MPIRUN} ${MPI_EXE} ${_args} --q2n ${q} --threads 1
+                          --save ${OUT}/mpi_${q}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE mpi ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "two processes, --q2n ${q}, failed (${rc}): ${err}")
+  endif()
+  string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl_single "${single}")
+  string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl_mpi "${mpi}")
+  message(STATUS "--q2n ${q}: one process ${ppl_single}; two ${ppl_mpi}")
+  list(LENGTH ppl_single n)
+  if(NOT n EQUAL 2)
+    message(FATAL_ERROR "expected the float and the gptq perplexity, got: ${single}")
+  endif()
+  if(NOT ppl_single STREQUAL ppl_mpi)
+    message(FATAL_ERROR "FAIL: the perplexities differ")
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files
+                          ${OUT}/single_${q}/model.safetensors ${OUT}/mpi_${q}/model.safetensors
+                  RESULT_VARIABLE differ)
+  if(NOT differ EQUAL 0)
+    message(FATAL_ERROR "FAIL: the quantized weights differ (--q2n ${q})")
+  endif()
+endforeach()
+message(STATUS "PASSED")
