@@ -94,6 +94,7 @@ class Passes {
     both_ = llama::quantize_sequential(fp_, calib_, po);
     llama::PassResult base;
     base.model = std::move(both_->model);
+    base.times = both_->times;
     base.records = both_->records;
     for (auto& rec : base.records) {  // the baseline's layers are the unrefined ones
       rec.result.refined.reset();
@@ -107,6 +108,7 @@ class Passes {
     llama::PassResult r;
     r.model = std::move(both_->twin);
     r.records = std::move(both_->records);
+    r.times = both_->times;
     return r;
   }
 
@@ -237,7 +239,10 @@ int run(int argc, char** argv) {
           run.exports[llama::export_format_name(f)] = llama::export_model(
               f, pr.model, &pr.records, &run.spec, o.export_dir, o.seqlen);
         std::cerr << label << " ppl " << llama::fmt(run.ppl, 4) << " (pass "
-                  << llama::fmt(run.pass_seconds, 1) << " s, eval "
+                  << llama::fmt(run.pass_seconds, 1) << " s: forward "
+                  << llama::fmt(pr.times.forward, 1) << ", statistics "
+                  << llama::fmt(pr.times.statistics, 1) << ", quantization "
+                  << llama::fmt(pr.times.quantization, 1) << "; eval "
                   << llama::fmt(run.eval_seconds, 1) << " s)\n";
         report.add(run);
         if (!o.save_dir.empty() && procs.root()) llama::save_model(pr.model, o.save_dir);

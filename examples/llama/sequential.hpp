@@ -13,6 +13,7 @@
 #include <q2n/accumulators.hpp>
 #include <q2n/null_space.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -122,11 +123,19 @@ struct PassOptions {
       on_linear;
 };
 
+/// Wall seconds of a pass by stage, summed over the layers: the forward passes through the
+/// calibration windows, the statistics (H, Ā, and in an MPI run their exchange) and the
+/// quantizers with Q2N (the null space, the refinement and the error measurements included).
+struct PassTimes {
+  double forward = 0, statistics = 0, quantization = 0;
+};
+
 /// Result of a sequential pass: the fake-quantized model and per-linear records.
 struct PassResult {
   Model model;        ///< the quantized model (with shared_twin: the baseline, unrefined)
   Model twin;         ///< with shared_twin: the +Q2N model
   std::vector<LinearRecord> records;
+  PassTimes times;
 };
 
 /// Rounds the stored values of both results of `r` to `p` (q2n::round_values) and recomputes
@@ -142,15 +151,22 @@ inline void round_result_values(LinearResult& r, q2n::ValuePrecision p) {
 
 namespace detail {
 
+inline double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 // Quantizes the linears of one group (all reading `inputs`) in place in `L`.
 inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::initializer_list<Proj> group,
                            const Matrix& inputs, const Calibration& calib, const PassOptions& opt,
-                           std::vector<LinearRecord>& records) {
+                           std::vector<LinearRecord>& records, PassTimes& times) {
   const bool is_down = *group.begin() == Proj::down;
   MethodSpec spec = opt.spec;
   if (is_down && !opt.q2n_down_proj) spec.q2n = false;
+  const double t0 = seconds_now();
   const InputStats stats = input_stats(inputs, calib.seqlen, spec.q2n || opt.on_linear != nullptr,
                                        calib.first, calib.total);
+  const double t1 = seconds_now();
+  times.statistics += t1 - t0;
   // One null space per group: the members share their inputs. QuIP refines in each linear's
   // own basis instead, from Ā itself.
   const bool own_basis = spec.method == Method::quip;
@@ -183,6 +199,7 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
     if (rec.result.refined) rec.result.refined->Q.resize(0, 0);
     records.push_back(std::move(rec));
   }
+  times.quantization += seconds_now() - t1;
 }
 
 }  // namespace detail
@@ -202,12 +219,13 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
   Matrix x = calib.inputs;  // residual stream entering the current layer
   Matrix xn, att, h, act, y;
   const int n_layers = static_cast<int>(m.layers.size());
+  const double start = detail::seconds_now();
   for (int i = 0; i < n_layers; ++i) {
     DecoderLayer& L = m.layers[static_cast<std::size_t>(i)];
     DecoderLayer* tw = twin ? &out.twin.layers[static_cast<std::size_t>(i)] : nullptr;
     // [q, k, v]: inputs are the normalized residual stream.
     rms_norm(x, L.input_norm, c.rms_norm_eps, xn);
-    detail::quantize_group(L, tw, i, {Proj::q, Proj::k, Proj::v}, xn, calib, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::q, Proj::k, Proj::v}, xn, calib, opt, out.records, out.times);
     // [o]: inputs are the attention outputs computed with the quantized q, k, v.
     att.resize(S * T, static_cast<Eigen::Index>(c.num_attention_heads) * c.head_dim);
 #ifdef _OPENMP
@@ -215,19 +233,21 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
 #endif
     for (Eigen::Index s = 0; s < S; ++s)
       att.middleRows(s * T, T) = attention_core(L, c, rope, xn.middleRows(s * T, T));
-    detail::quantize_group(L, tw, i, {Proj::o}, att, calib, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::o}, att, calib, opt, out.records, out.times);
     // [up, gate]: inputs are the normalized stream after the quantized attention block.
     L.o.apply(att, y);
     h = x + y;
     rms_norm(h, L.post_norm, c.rms_norm_eps, xn);
-    detail::quantize_group(L, tw, i, {Proj::up, Proj::gate}, xn, calib, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::up, Proj::gate}, xn, calib, opt, out.records, out.times);
     // [down]: inputs are silu(gate x) ⊙ up x with the quantized up and gate.
     act = mlp_activation(L, xn);
-    detail::quantize_group(L, tw, i, {Proj::down}, act, calib, opt, out.records);
+    detail::quantize_group(L, tw, i, {Proj::down}, act, calib, opt, out.records, out.times);
     L.down.apply(act, y);
     x = h + y;
     if (opt.on_layer) opt.on_layer(i, n_layers);
   }
+  out.times.forward =
+      detail::seconds_now() - start - out.times.statistics - out.times.quantization;
   return out;
 }
 
