@@ -279,6 +279,14 @@ void write_raw(const std::string& path, const llama::Tokens& t, std::size_t widt
     for (std::size_t k = 0; k < width; ++k)
       out.put(static_cast<char>((static_cast<std::uint32_t>(id) >> (8 * k)) & 0xFF));
 }
+
+// A safetensors file with the one 1-D tensor "ids".
+template <class T>
+void write_ids(const std::string& path, const std::vector<T>& ids, q2n::io::DType dtype) {
+  q2n::io::SafetensorsWriter w;
+  w.add_flat("ids", ids, dtype, {static_cast<std::int64_t>(ids.size())});
+  w.write(path);
+}
 }  // namespace
 
 TEST_CASE("token files give the stream the equivalent bytes give, in every container") {
@@ -350,18 +358,11 @@ TEST_CASE("token files are refused with the file's name and the problem") {
   write_raw(dir + "/short.u16", {1, 2}, 2);
   refuses(dir + "/short.u16", llama::RawTokens::uint16, 256,
           "short.u16 has 2 tokens but the evaluation needs at least 3");
-  {
-    q2n::io::SafetensorsWriter w;
-    w.add_flat("ids", std::vector<float>{1, 2, 3}, q2n::io::DType::F32, {3});
-    w.write(dir + "/float.safetensors");
-  }
+  write_ids(dir + "/float.safetensors", std::vector<float>{1, 2, 3}, q2n::io::DType::F32);
   refuses(dir + "/float.safetensors", llama::RawTokens::uint16, 256,
           "tensor \"ids\" is F32; token ids are integers (I32 or I64)");
-  {
-    q2n::io::SafetensorsWriter w;
-    w.add_flat("ids", std::vector<std::int64_t>{1, -2, 3}, q2n::io::DType::I64, {3});
-    w.write(dir + "/negative.safetensors");
-  }
+  write_ids(dir + "/negative.safetensors", std::vector<std::int64_t>{1, -2, 3},
+            q2n::io::DType::I64);
   refuses(dir + "/negative.safetensors", llama::RawTokens::unspecified, 256,
           "negative.safetensors (the evaluation): token 1 is -2, outside the model's vocabulary");
   {
