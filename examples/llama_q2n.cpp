@@ -1,8 +1,8 @@
-// q2n_llama: quantize a real (tiny) Llama model end to end with RTN, GPTQ, OWQ and PB-LLM,
-// each without and with the Q2N refinement on the same calibration data, and compare held-out
-// perplexity. Run with --help for the options; examples/README.md walks through the output.
-// Built with MPI (q2n_llama_mpi), `mpirun -np N` shares the work among N processes with
-// bit-identical results (llama/dist.hpp).
+// q2n_llama: quantize a real (tiny) Llama model end to end with RTN, GPTQ, OWQ, PB-LLM,
+// LeanQuant and QuIP, each without and with the Q2N refinement on the same calibration data,
+// and compare held-out perplexity. Run with --help for the options; examples/README.md walks
+// through the output. Built with MPI (q2n_llama_mpi), `mpirun -np N` shares the work among N
+// processes with bit-identical results (llama/dist.hpp).
 
 #include "llama/cli.hpp"
 #include "llama/dump.hpp"
