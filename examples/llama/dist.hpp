@@ -23,6 +23,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -69,11 +70,7 @@ class Processes {
   }
 
   /// Evaluation windows [first, last) of n: contiguous blocks, the first n mod N one longer.
-  std::pair<std::int64_t, std::int64_t> block(std::int64_t n) const {
-    const std::int64_t q = n / size_, r = n % size_;
-    const std::int64_t first = rank_ * q + std::min<std::int64_t>(rank_, r);
-    return {first, first + q + (rank_ < r ? 1 : 0)};
-  }
+  std::pair<std::int64_t, std::int64_t> block(std::int64_t n) const { return block_of(rank_, n); }
 
   /// Gives every rank `owner`'s accumulator.
   void share(q2n::HessianAccumulator& acc, int owner) const {
@@ -130,9 +127,9 @@ class Processes {
     if (size_ > 1) {
       std::vector<int> counts(static_cast<std::size_t>(size_)), offsets(counts.size());
       for (int r = 0; r < size_; ++r) {
-        const std::int64_t q = n / size_, rem = n % size_;
-        counts[static_cast<std::size_t>(r)] = static_cast<int>(q + (r < rem ? 1 : 0));
-        offsets[static_cast<std::size_t>(r)] = static_cast<int>(r * q + std::min<std::int64_t>(r, rem));
+        const auto [first, last] = block_of(r, n);
+        counts[static_cast<std::size_t>(r)] = static_cast<int>(last - first);
+        offsets[static_cast<std::size_t>(r)] = static_cast<int>(first);
       }
       std::vector<double> all(static_cast<std::size_t>(n));
       MPI_Allgatherv(mine.data(), static_cast<int>(mine.size()), MPI_DOUBLE, all.data(),
@@ -145,6 +142,13 @@ class Processes {
   }
 
  private:
+  // Rank r's block of n items.
+  std::pair<std::int64_t, std::int64_t> block_of(int r, std::int64_t n) const {
+    const std::int64_t q = n / size_, rem = n % size_;
+    const std::int64_t first = r * q + std::min<std::int64_t>(r, rem);
+    return {first, first + q + (r < rem ? 1 : 0)};
+  }
+
   int rank_ = 0;
   int size_ = 1;
 };

@@ -30,10 +30,6 @@ Options second_order_options(const MethodSpec& s) {
   return o;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 // The dispatch, for a double H (converted by each quantizer) or a float H to consume.
 template <class DH>
 q2n::QuantResult<float> dispatch(const Eigen::MatrixXf& W, DH&& H, const MethodSpec& s) {
@@ -126,7 +122,7 @@ LinearResult refine_linear(q2n::QuantResult<float> quantized, const Eigen::Matri
           q2n::activations_to_stored_basis(out.quantized.storage, *abar), spec.null_space);
       out.refined = q2n::refine(out.quantized, W, stored, spec.lambda);
     }
-    out.refine_seconds = seconds_since(t0);
+    out.refine_seconds = detail::seconds_since(t0);
   }
   return out;
 }

@@ -25,6 +25,7 @@
 
 #include <Eigen/Core>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -134,6 +135,10 @@ inline double weight_bits(const MethodSpec& s, Eigen::Index cols) {
 }
 
 namespace detail {
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 inline void require_null_space(const MethodSpec& spec, const q2n::NullSpace<float>* ns,
                                const Eigen::MatrixXf* abar, const char* fn) {
   if (spec.q2n && ns == nullptr && abar == nullptr)

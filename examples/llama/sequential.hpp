@@ -151,10 +151,6 @@ inline void round_result_values(LinearResult& r, q2n::ValuePrecision p) {
 
 namespace detail {
 
-inline double seconds_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // Quantizes the linears of one group (all reading `inputs`) in place in `L`.
 inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::initializer_list<Proj> group,
                            const Matrix& inputs, const Calibration& calib, const PassOptions& opt,
@@ -162,11 +158,11 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   const bool is_down = *group.begin() == Proj::down;
   MethodSpec spec = opt.spec;
   if (is_down && !opt.q2n_down_proj) spec.q2n = false;
-  const double t0 = seconds_now();
+  const auto t0 = std::chrono::steady_clock::now();
   const InputStats stats = input_stats(inputs, calib.seqlen, spec.q2n || opt.on_linear != nullptr,
                                        calib.first, calib.total);
-  const double t1 = seconds_now();
-  times.statistics += t1 - t0;
+  times.statistics += seconds_since(t0);
+  const auto t1 = std::chrono::steady_clock::now();
   // One null space per group: the members share their inputs. QuIP refines in each linear's
   // own basis instead, from Ā itself.
   const bool own_basis = spec.method == Method::quip;
@@ -199,7 +195,7 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
     if (rec.result.refined) rec.result.refined->Q.resize(0, 0);
     records.push_back(std::move(rec));
   }
-  times.quantization += seconds_now() - t1;
+  times.quantization += seconds_since(t1);
 }
 
 }  // namespace detail
@@ -219,7 +215,7 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
   Matrix x = calib.inputs;  // residual stream entering the current layer
   Matrix xn, att, h, act, y;
   const int n_layers = static_cast<int>(m.layers.size());
-  const double start = detail::seconds_now();
+  const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < n_layers; ++i) {
     DecoderLayer& L = m.layers[static_cast<std::size_t>(i)];
     DecoderLayer* tw = twin ? &out.twin.layers[static_cast<std::size_t>(i)] : nullptr;
@@ -247,7 +243,7 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
     if (opt.on_layer) opt.on_layer(i, n_layers);
   }
   out.times.forward =
-      detail::seconds_now() - start - out.times.statistics - out.times.quantization;
+      detail::seconds_since(start) - out.times.statistics - out.times.quantization;
   return out;
 }
 
