@@ -9,6 +9,7 @@
 #include "llama/dist.hpp"
 #include "llama/report.hpp"
 #include "llama/sequential.hpp"
+#include "llama/streaming.hpp"
 
 #include <Eigen/Core>
 
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -41,22 +43,24 @@ void set_threads(int threads) {
 
 // Fails before any work when --group does not divide a layer's inputs (RTN would only notice
 // at its first layer; the others would after a whole calibration pass).
-void check_groupsize(const llama::Model& m, Eigen::Index groupsize) {
+void check_groupsize(const llama::Config& c, Eigen::Index groupsize) {
   if (groupsize <= 0) return;
-  for (const auto& L : m.layers)
-    for (llama::Proj p : llama::kAllProj)
-      if (L.linear(p).in_features() % groupsize != 0)
-        llama::fail("q2n_llama: --group ", groupsize, " does not divide the ",
-                    L.linear(p).in_features(), " inputs of ", llama::proj_name(p),
-                    "; pass a divisor or 0 (one group per row)");
+  const std::pair<llama::Proj, std::int64_t> inputs[] = {
+      {llama::Proj::q, c.hidden_size},
+      {llama::Proj::o, std::int64_t{c.num_attention_heads} * c.head_dim},
+      {llama::Proj::down, c.intermediate_size}};  // (k, v, up, gate read what q reads)
+  for (const auto& [p, in] : inputs)
+    if (in % groupsize != 0)
+      llama::fail("q2n_llama: --group ", groupsize, " does not divide the ", in, " inputs of ",
+                  llama::proj_name(p), "; pass a divisor or 0 (one group per row)");
 }
 
 // The quantized configurations, in run order: every method at every --bits (PB-LLM once,
 // its bits are its own), each with the shared settings of o.spec.
-std::vector<MethodSpec> configurations(const Options& o, const llama::Model& m) {
+std::vector<MethodSpec> configurations(const Options& o, const llama::Config& c) {
   std::vector<MethodSpec> specs;
   for (Method method : o.methods) {
-    if (method == Method::rtn) check_groupsize(m, o.spec.groupsize);
+    if (method == Method::rtn) check_groupsize(c, o.spec.groupsize);
     const std::vector<int> bits =
         method == Method::pbllm ? std::vector<int>{o.bits.front()} : o.bits;
     for (int b : bits) {
@@ -64,7 +68,7 @@ std::vector<MethodSpec> configurations(const Options& o, const llama::Model& m) 
       s.method = method;
       s.grid.bits = b;
       if (method == Method::leanquant || method == Method::quip) s.groupsize = -1;  // no groups
-      for (auto f : o.exports) llama::check_exportable(f, s, m.config);
+      for (auto f : o.exports) llama::check_exportable(f, s, c);
       specs.push_back(s);
     }
   }
@@ -162,6 +166,90 @@ llama::Run evaluate(const llama::PassResult& pr, llama::Run run,
   return run;
 }
 
+// The runs of the sweep in order: every seed, configuration and ±Q2N variant selected, each
+// handed to `quantize` with its spec, seed and progress label filled in (the configuration's
+// ±Q2N passes share `per_config`, built once per configuration).
+template <class PerConfig, class Quantize>
+void for_each_run(const Options& o, const std::vector<MethodSpec>& specs, PerConfig&& per_config,
+                  Quantize&& quantize) {
+  for (int k = 0; k < o.seeds && !specs.empty(); ++k) {
+    const std::uint64_t seed = o.seed + static_cast<std::uint64_t>(k);
+    for (const MethodSpec& base : specs) {
+      auto shared = per_config(seed);
+      for (bool use_q2n : {false, true}) {
+        if (!(use_q2n ? o.q2n.on : o.q2n.off)) continue;
+        llama::Run run;
+        run.spec = base;
+        run.spec.q2n = use_q2n;
+        run.seed = seed;
+        run.spec.transform_seed = seed;  // QuIP's transforms vary with the seed too
+        const std::string label =
+            "[" + llama::spec_label(run.spec) + " seed " + std::to_string(seed) + "]";
+        quantize(std::move(run), label, shared);
+      }
+    }
+  }
+}
+
+void print_run(const std::string& label, const llama::Run& run, const llama::PassTimes& t) {
+  std::cerr << label << " ppl " << llama::fmt(run.ppl, 4) << " (pass "
+            << llama::fmt(run.pass_seconds, 1) << " s: forward " << llama::fmt(t.forward, 1)
+            << ", statistics " << llama::fmt(t.statistics, 1) << ", quantization "
+            << llama::fmt(t.quantization, 1) << "; eval " << llama::fmt(run.eval_seconds, 1)
+            << " s)\n";
+}
+
+void check_seqlen(const Options& o, const llama::Config& c) {
+  if (c.max_position_embeddings > 0 && o.seqlen > c.max_position_embeddings)
+    llama::fail("q2n_llama: --seqlen ", o.seqlen, " exceeds max_position_embeddings = ",
+                c.max_position_embeddings, " of ", o.model_dir, "/config.json");
+}
+
+void announce(const Options& o, const llama::Config& c, const char* what) {
+  std::cerr << "q2n_llama: " << o.model_dir << ": " << c.num_hidden_layers << " layers, hidden "
+            << c.hidden_size << ", heads " << c.num_attention_heads << "/"
+            << c.num_key_value_heads << "; " << what << "\n";
+}
+
+// --stream: each configuration is one pass over the checkpoint, read layer by layer; the first
+// also carries the float model's evaluation windows (its seconds are the two streams').
+void run_streaming(const Options& o) {
+  const llama::ModelSource src(o.model_dir);
+  const llama::Config& c = src.config();
+  check_seqlen(o, c);
+  const llama::Tokens eval_tokens =
+      read_data(o, o.eval_text, o.eval_tokens, c, "the perplexity evaluation");
+  const llama::Tokens calib_tokens =
+      read_data(o, o.calib_text, o.calib_tokens, c, "the calibration windows");
+  const std::vector<MethodSpec> specs = configurations(o, c);
+  announce(o, c, "streaming its layers");
+  llama::Report report(o);
+  bool first = true;
+  for_each_run(o, specs, [](std::uint64_t) { return 0; },
+               [&](llama::Run run, const std::string& label, int) {
+    llama::StreamOptions so;
+    so.pass = pass_options(o, run.spec, label, {-1, llama::Proj::q});
+    so.pass.low_memory = true;
+    so.save_dir = o.save_dir;
+    so.evaluate_float = first;
+    so.eval_windows = o.eval_windows;
+    const double t0 = llama::elapsed_seconds();
+    const llama::StreamResult r = llama::quantize_streaming(src, calib_tokens, o.seqlen,
+                                                            o.nsamples, run.seed, eval_tokens, so);
+    if (first) report.add_float(r.fp, r.eval_seconds);
+    first = false;
+    run.eval_seconds = r.eval_seconds;
+    run.pass_seconds = llama::elapsed_seconds() - t0 - r.eval_seconds;
+    run.ppl = r.quantized.ppl();
+    run.windows = r.quantized.windows;
+    run.weight_bits = llama::weight_bits(run.spec, c.hidden_size);
+    llama::summarize_records(r.records, run);
+    print_run(label, run, r.times);
+    report.add(run);
+  });
+  if (llama::processes().root()) report.finish();
+}
+
 int run(int argc, char** argv) {
   const Options o = llama::parse_options(argc, argv, Q2N_EXAMPLE_DATA_DIR);
   if (o.help) {
@@ -177,27 +265,27 @@ int run(int argc, char** argv) {
   if (procs.size() > 1 && !o.dump_file.empty())
     llama::fail("q2n_llama: --dump-file needs all calibration windows in one process; run it "
                 "without mpirun");
+  if (o.stream) {
+    run_streaming(o);
+    return 0;
+  }
 
   // Load.
   const llama::Model fp = llama::load_model(o.model_dir);
   const llama::Config& c = fp.config;
-  if (c.max_position_embeddings > 0 && o.seqlen > c.max_position_embeddings)
-    llama::fail("q2n_llama: --seqlen ", o.seqlen, " exceeds max_position_embeddings = ",
-                c.max_position_embeddings, " of ", o.model_dir, "/config.json");
+  check_seqlen(o, c);
   const llama::Tokens eval_tokens = read_data(o, o.eval_text, o.eval_tokens, fp.config,
                                               "the perplexity evaluation");
   llama::Tokens calib_tokens;
   if (!o.methods.empty())
     calib_tokens = read_data(o, o.calib_text, o.calib_tokens, fp.config, "the calibration windows");
-  const std::vector<MethodSpec> specs = configurations(o, fp);
+  const std::vector<MethodSpec> specs = configurations(o, c);
   std::pair<int, llama::Proj> dump_target{-1, llama::Proj::q};
   if (!o.dump_file.empty())
     dump_target = llama::parse_dump_target(o.dump_linear, c.num_hidden_layers);
 
   // The float model.
-  std::cerr << "q2n_llama: " << o.model_dir << ": " << c.num_hidden_layers << " layers, hidden "
-            << c.hidden_size << ", heads " << c.num_attention_heads << "/"
-            << c.num_key_value_heads << "; evaluating the float model\n";
+  announce(o, c, "evaluating the float model");
   llama::Report report(o);
   const double t = llama::elapsed_seconds();
   const llama::Perplexity pf = llama::perplexity(fp, eval_tokens, o.seqlen, o.eval_windows);
@@ -212,43 +300,30 @@ int run(int argc, char** argv) {
     report.add_export(paths);
   }
 
-  for (int k = 0; k < o.seeds && !specs.empty(); ++k) {
-    // Calibrate.
-    const std::uint64_t seed = o.seed + static_cast<std::uint64_t>(k);
-    const llama::Calibration calib =
-        llama::capture_layer0_inputs(fp, calib_tokens, o.seqlen, o.nsamples, seed);
-    for (const MethodSpec& base : specs) {
-      Passes passes(fp, calib, o);
-      for (bool use_q2n : {false, true}) {
-        if (!(use_q2n ? o.q2n.on : o.q2n.off)) continue;
-        // Quantize ±Q2N.
-        llama::Run run;
-        run.spec = base;
-        run.spec.q2n = use_q2n;
-        run.seed = seed;
-        run.spec.transform_seed = seed;  // QuIP's transforms vary with the seed too
-        run.shared_pass = passes.shared() && use_q2n;
-        const std::string label =
-            "[" + llama::spec_label(run.spec) + " seed " + std::to_string(seed) + "]";
-        const double t0 = llama::elapsed_seconds();
-        const llama::PassResult pr = passes.take(pass_options(o, run.spec, label, dump_target));
-        run.pass_seconds = llama::elapsed_seconds() - t0;
-        // Evaluate and report.
-        run = evaluate(pr, std::move(run), eval_tokens, o);
-        for (auto f : procs.root() ? o.exports : std::vector<llama::ExportFormat>{})
-          run.exports[llama::export_format_name(f)] = llama::export_model(
-              f, pr.model, &pr.records, &run.spec, o.export_dir, o.seqlen);
-        std::cerr << label << " ppl " << llama::fmt(run.ppl, 4) << " (pass "
-                  << llama::fmt(run.pass_seconds, 1) << " s: forward "
-                  << llama::fmt(pr.times.forward, 1) << ", statistics "
-                  << llama::fmt(pr.times.statistics, 1) << ", quantization "
-                  << llama::fmt(pr.times.quantization, 1) << "; eval "
-                  << llama::fmt(run.eval_seconds, 1) << " s)\n";
-        report.add(run);
-        if (!o.save_dir.empty() && procs.root()) llama::save_model(pr.model, o.save_dir);
-      }
-    }
-  }
+  // Calibrate once per seed; quantize ±Q2N, evaluate and report.
+  std::optional<llama::Calibration> calib;
+  std::uint64_t calib_seed = 0;
+  for_each_run(o, specs,
+               [&](std::uint64_t seed) {
+                 if (!calib || calib_seed != seed)
+                   calib = llama::capture_layer0_inputs(fp, calib_tokens, o.seqlen, o.nsamples,
+                                                        seed);
+                 calib_seed = seed;
+                 return std::make_shared<Passes>(fp, *calib, o);
+               },
+               [&](llama::Run run, const std::string& label, std::shared_ptr<Passes>& passes) {
+    run.shared_pass = passes->shared() && run.spec.q2n;
+    const double t0 = llama::elapsed_seconds();
+    const llama::PassResult pr = passes->take(pass_options(o, run.spec, label, dump_target));
+    run.pass_seconds = llama::elapsed_seconds() - t0;
+    run = evaluate(pr, std::move(run), eval_tokens, o);
+    for (auto f : procs.root() ? o.exports : std::vector<llama::ExportFormat>{})
+      run.exports[llama::export_format_name(f)] =
+          llama::export_model(f, pr.model, &pr.records, &run.spec, o.export_dir, o.seqlen);
+    print_run(label, run, pr.times);
+    report.add(run);
+    if (!o.save_dir.empty() && procs.root()) llama::save_model(pr.model, o.save_dir);
+  });
   if (procs.root()) report.finish();
   return 0;
 }

@@ -317,6 +317,40 @@ TEST_CASE("N-D shapes, vectors, scalars and empty tensors") {
   CHECK(cube(1, 0) == 2);
 }
 
+TEST_CASE("read_rows reads a block of rows as read_matrix would, and only that block") {
+  Eigen::MatrixXf x(7, 5);
+  for (int i = 0; i < 7; ++i)
+    for (int j = 0; j < 5; ++j) x(i, j) = static_cast<float>(8 * i + j) / 4.0f;  // exact in BF16
+  SafetensorsWriter w;
+  w.add("f32", x, DType::F32);        // read by one block copy
+  w.add("bf16", x, DType::BF16);      // read with a conversion
+  w.add("x3", x, DType::F32, {7, 5, 1});  // N-D: rows of read_matrix are 35 one-element rows
+  w.add_flat<std::int64_t>("ids", {1, 2, std::int64_t{1} << 40, 4}, DType::I64, {2, 2});
+  TempFile file("rows.safetensors");
+  w.write(file.str());
+  SafetensorsReader r(file.str());
+  for (const char* name : {"f32", "bf16"}) {
+    const auto all = r.read_matrix<float>(name);
+    for (std::int64_t first = 0; first <= 7; ++first)
+      for (std::int64_t count = 0; first + count <= 7; ++count)
+        CHECK(r.read_rows<float>(name, first, count) == all.middleRows(first, count));
+    CHECK(r.read_rows<double>(name, 6, 1) == x.row(6).cast<double>());
+  }
+  CHECK(r.read_rows<float>("x3", 10, 3) == r.read_matrix<float>("x3").middleRows(10, 3));
+  CHECK_THROWS_AS(r.read_rows<float>("f32", 5, 3), std::invalid_argument);
+  CHECK_THROWS_AS(r.read_rows<float>("f32", -1, 1), std::invalid_argument);
+  CHECK_THROWS_AS(r.read_rows<float>("f32", 8, 0), std::invalid_argument);
+  CHECK_THROWS_AS(r.read_rows<float>("missing", 0, 1), std::invalid_argument);
+  // The row a value fails in is named by its index in the whole tensor.
+  CHECK(r.read_rows<std::int32_t>("ids", 0, 1) == Eigen::RowVector2i(1, 2));
+  try {
+    (void)r.read_rows<std::int32_t>("ids", 1, 1);
+    FAIL("a value beyond int32 was read into int32");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("element 2 ") != std::string::npos);
+  }
+}
+
 TEST_CASE("metadata: format pt by default, user entries, override") {
   TempFile file("meta.safetensors");
   SafetensorsWriter w;

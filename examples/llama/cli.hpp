@@ -35,6 +35,7 @@ struct Options {
   Q2nVariants q2n{true, true};     ///< evaluate each method without and/or with Q2N
   bool q2n_down_proj = false;
   bool shared_pass = false;        ///< ±Q2N from one sequential pass (approximation)
+  bool stream = false;             ///< read the checkpoint layer by layer (streaming.hpp)
   int threads = 0;                 ///< 0: the OpenMP default
   std::string report;              ///< PATH → PATH.md, PATH.csv, PATH.jsonl
   std::string save_dir;
@@ -82,6 +83,11 @@ methods
   --shared-pass         get the +Q2N model from the baseline's sequential pass (the next
                         layer then sees the unrefined layer's outputs): half the passes, an
                         approximation of the exact separate pass
+  --stream              read the checkpoint one decoder layer at a time instead of loading
+                        it (for models larger than memory): the same numbers; --save then
+                        writes a sharded checkpoint layer by layer. Not with --export,
+                        --dump-file or --shared-pass; the statistics take less memory and
+                        somewhat more time.
 output
   --report PATH         write PATH.md (table), PATH.csv (table) and PATH.jsonl (one line per run)
   --save DIR            write the fake-quantized model (config.json + model.safetensors, F32),
@@ -162,6 +168,7 @@ inline bool parse_tool_flag(ArgCursor& a, Options& o) {
   else if (f == "--q2n") o.q2n = q2n_variants(a);
   else if (f == "--q2n-down-proj") o.q2n_down_proj = true;
   else if (f == "--shared-pass") o.shared_pass = true;
+  else if (f == "--stream") o.stream = true;
   else if (f == "--report") o.report = a.value();
   else if (f == "--save") o.save_dir = a.value();
   else if (f == "--export") o.exports = export_list(a);
@@ -198,6 +205,11 @@ inline Options parse_options(int argc, char** argv, const std::string& data_dir)
     a.fail("--export writes one file per configuration; pass --seeds 1");
   if (o.dump_linear.empty() != o.dump_file.empty())
     a.fail("--dump-linear and --dump-file go together");
+  if (o.stream && (!o.exports.empty() || !o.dump_file.empty() || o.shared_pass))
+    a.fail("--stream quantizes layer by layer without the whole model: --export, --dump-file "
+           "and --shared-pass need it; drop them or --stream");
+  if (o.stream && o.methods.empty())
+    a.fail("--stream needs a method to run (--methods)");
   return o;
 }
 

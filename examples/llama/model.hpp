@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace llama {
@@ -147,6 +148,21 @@ class Checkpoint {
     return m;
   }
 
+  /// Rows [first, first + count) of a rows × cols tensor as a float matrix (shape checked).
+  Matrix rows(const std::string& name, std::int64_t rows, std::int64_t cols, std::int64_t first,
+              std::int64_t count, const char* why) const {
+    const auto& [reader, path] = locate(name);
+    check(reader->info(name), path, name, {rows, cols}, why);
+    Matrix m = reader->template read_rows<float>(name, first, count);
+    require_finite(m, path, name);
+    return m;
+  }
+
+  /// The stored type of a tensor.
+  q2n::io::DType dtype(const std::string& name) const {
+    return locate(name).first->info(name).dtype;
+  }
+
   /// Number of decoder layers the checkpoint holds: i such that model.layers.{i}.* exist for
   /// every i below it.
   int layer_count() const {
@@ -228,58 +244,119 @@ inline Linear load_linear(const Checkpoint& ck, const std::string& prefix, std::
   return l;
 }
 
+inline DecoderLayer load_layer(const Checkpoint& ck, const Config& c, int i) {
+  const std::int64_t h = c.hidden_size, inter = c.intermediate_size;
+  const std::int64_t qdim = std::int64_t{c.num_attention_heads} * c.head_dim;
+  const std::int64_t kvdim = std::int64_t{c.num_key_value_heads} * c.head_dim;
+  const std::string p = "model.layers." + std::to_string(i) + ".";
+  DecoderLayer L;
+  L.input_norm = ck.vector(p + "input_layernorm.weight", h, "hidden_size");
+  L.post_norm = ck.vector(p + "post_attention_layernorm.weight", h, "hidden_size");
+  L.q = load_linear(ck, p + "self_attn.q_proj", qdim, h,
+                    "num_attention_heads*head_dim x hidden_size");
+  L.k = load_linear(ck, p + "self_attn.k_proj", kvdim, h,
+                    "num_key_value_heads*head_dim x hidden_size");
+  L.v = load_linear(ck, p + "self_attn.v_proj", kvdim, h,
+                    "num_key_value_heads*head_dim x hidden_size");
+  L.o = load_linear(ck, p + "self_attn.o_proj", h, qdim,
+                    "hidden_size x num_attention_heads*head_dim");
+  L.gate = load_linear(ck, p + "mlp.gate_proj", inter, h, "intermediate_size x hidden_size");
+  L.up = load_linear(ck, p + "mlp.up_proj", inter, h, "intermediate_size x hidden_size");
+  L.down = load_linear(ck, p + "mlp.down_proj", h, inter, "hidden_size x intermediate_size");
+  return L;
+}
+
+// The checkpoint of DIR with its config, the layer count checked against the file before
+// anything is allocated for the layers.
+inline std::pair<Config, std::unique_ptr<Checkpoint>> open_checkpoint(const std::string& dir) {
+  if (!std::filesystem::is_directory(dir))
+    fail("llama::load_model: model directory ", dir,
+         " does not exist; pass --model DIR with a directory that holds config.json and "
+         "model.safetensors");
+  Config c = load_config(dir + "/config.json");
+  auto ck = std::make_unique<Checkpoint>(dir);
+  if (const int present = ck->layer_count(); present != c.num_hidden_layers)
+    fail("llama::load_model: ", dir, "/config.json says num_hidden_layers = ",
+         c.num_hidden_layers, " but the checkpoint holds ", present, " layers");
+  return {std::move(c), std::move(ck)};
+}
+
+// Whether the LM head is the embedding table (tied and not stored on its own).
+inline bool lm_head_is_embed(const Checkpoint& ck, const Config& c) {
+  return c.tie_word_embeddings && !ck.contains("lm_head.weight");
+}
+
 }  // namespace detail
 
 /// Loads `DIR/config.json` and `DIR/model.safetensors` (or a sharded checkpoint).
 /// Throws std::invalid_argument naming the file and the problem: missing directory or file,
 /// malformed config, missing tensor, a tensor whose shape disagrees with the config.
 inline Model load_model(const std::string& dir) {
-  namespace fs = std::filesystem;
-  if (!fs::is_directory(dir))
-    fail("llama::load_model: model directory ", dir,
-         " does not exist; pass --model DIR with a directory that holds config.json and "
-         "model.safetensors");
+  auto [config, ck] = detail::open_checkpoint(dir);
   Model m;
-  m.config = load_config(dir + "/config.json");
+  m.config = std::move(config);
   const Config& c = m.config;
-  detail::Checkpoint ck(dir);
-  const std::int64_t h = c.hidden_size, inter = c.intermediate_size;
-  const std::int64_t qdim = std::int64_t{c.num_attention_heads} * c.head_dim;
-  const std::int64_t kvdim = std::int64_t{c.num_key_value_heads} * c.head_dim;
-
-  // The layer count is checked against the file before anything is allocated for the layers.
-  if (const int present = ck.layer_count(); present != c.num_hidden_layers)
-    fail("llama::load_model: ", dir, "/config.json says num_hidden_layers = ",
-         c.num_hidden_layers, " but the checkpoint holds ", present, " layers");
-  m.embed = ck.matrix("model.embed_tokens.weight", c.vocab_size, h, "vocab_size x hidden_size");
-  m.layers.resize(static_cast<std::size_t>(c.num_hidden_layers));
-  for (int i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    DecoderLayer& L = m.layers[static_cast<std::size_t>(i)];
-    L.input_norm = ck.vector(p + "input_layernorm.weight", h, "hidden_size");
-    L.post_norm = ck.vector(p + "post_attention_layernorm.weight", h, "hidden_size");
-    L.q = detail::load_linear(ck, p + "self_attn.q_proj", qdim, h,
-                              "num_attention_heads*head_dim x hidden_size");
-    L.k = detail::load_linear(ck, p + "self_attn.k_proj", kvdim, h,
-                              "num_key_value_heads*head_dim x hidden_size");
-    L.v = detail::load_linear(ck, p + "self_attn.v_proj", kvdim, h,
-                              "num_key_value_heads*head_dim x hidden_size");
-    L.o = detail::load_linear(ck, p + "self_attn.o_proj", h, qdim,
-                              "hidden_size x num_attention_heads*head_dim");
-    L.gate = detail::load_linear(ck, p + "mlp.gate_proj", inter, h,
-                                 "intermediate_size x hidden_size");
-    L.up = detail::load_linear(ck, p + "mlp.up_proj", inter, h, "intermediate_size x hidden_size");
-    L.down = detail::load_linear(ck, p + "mlp.down_proj", h, inter,
-                                 "hidden_size x intermediate_size");
-  }
-  m.norm = ck.vector("model.norm.weight", h, "hidden_size");
-  if (c.tie_word_embeddings && !ck.contains("lm_head.weight")) {
+  const std::int64_t h = c.hidden_size;
+  m.embed = ck->matrix("model.embed_tokens.weight", c.vocab_size, h, "vocab_size x hidden_size");
+  m.layers.reserve(static_cast<std::size_t>(c.num_hidden_layers));
+  for (int i = 0; i < c.num_hidden_layers; ++i) m.layers.push_back(detail::load_layer(*ck, c, i));
+  m.norm = ck->vector("model.norm.weight", h, "hidden_size");
+  if (detail::lm_head_is_embed(*ck, c)) {
     m.lm_head.weight = m.embed;
   } else {
-    m.lm_head = detail::load_linear(ck, "lm_head", c.vocab_size, h, "vocab_size x hidden_size");
+    m.lm_head = detail::load_linear(*ck, "lm_head", c.vocab_size, h, "vocab_size x hidden_size");
   }
   return m;
 }
+
+/// A checkpoint read on demand (streaming.hpp): the config at once, every tensor when asked
+/// for, converted to float then; nothing is kept. The checks are load_model's.
+class ModelSource {
+ public:
+  explicit ModelSource(const std::string& dir) : dir_(dir) {
+    auto [config, ck] = detail::open_checkpoint(dir);
+    config_ = std::move(config);
+    ck_ = std::move(ck);
+    const std::int64_t h = config_.hidden_size;
+    // Shapes are checked now, before any work: a bad file fails at once, not after hours.
+    (void)ck_->rows("model.embed_tokens.weight", config_.vocab_size, h, 0, 0,
+                    "vocab_size x hidden_size");
+    (void)ck_->rows(lm_head_name(), config_.vocab_size, h, 0, 0, "vocab_size x hidden_size");
+  }
+
+  const Config& config() const { return config_; }
+  const std::string& dir() const { return dir_; }
+
+  DecoderLayer layer(int i) const { return detail::load_layer(*ck_, config_, i); }
+  Vector norm() const { return ck_->vector("model.norm.weight", config_.hidden_size, "hidden_size"); }
+
+  /// Rows [first, first + count) of the embedding table / of the LM head (vocab × hidden).
+  Matrix embed_rows(std::int64_t first, std::int64_t count) const {
+    return ck_->rows("model.embed_tokens.weight", config_.vocab_size, config_.hidden_size, first,
+                     count, "vocab_size x hidden_size");
+  }
+  Matrix lm_head_rows(std::int64_t first, std::int64_t count) const {
+    return ck_->rows(lm_head_name(), config_.vocab_size, config_.hidden_size, first, count,
+                     "vocab_size x hidden_size");
+  }
+  /// The LM head's bias (empty when it has none).
+  Vector lm_head_bias() const {
+    return ck_->contains("lm_head.bias") ? ck_->vector("lm_head.bias", config_.vocab_size,
+                                                       "vocab_size")
+                                         : Vector();
+  }
+  bool lm_head_is_embed() const { return detail::lm_head_is_embed(*ck_, config_); }
+  q2n::io::DType dtype(const std::string& name) const { return ck_->dtype(name); }
+
+ private:
+  std::string lm_head_name() const {
+    return lm_head_is_embed() ? "model.embed_tokens.weight" : "lm_head.weight";
+  }
+
+  std::string dir_;
+  Config config_;
+  std::unique_ptr<detail::Checkpoint> ck_;
+};
 
 /// Writes `DIR/config.json` and `DIR/model.safetensors` (all tensors in `dtype`, Hugging Face
 /// names), loadable again by load_model. Creates DIR if needed.

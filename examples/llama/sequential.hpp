@@ -42,7 +42,7 @@ struct Calibration {
 inline Calibration capture_layer0_inputs(const Model& m, const Tokens& tokens, Eigen::Index T,
                                          int n, std::uint64_t seed) {
   if (n <= 0) fail("llama::capture_layer0_inputs: nsamples = ", n, " must be positive");
-  require_vocab(m, tokens, "llama::capture_layer0_inputs");
+  require_vocab(m.config.vocab_size, tokens, "llama::capture_layer0_inputs");
   Calibration c;
   c.seqlen = T;
   c.total = n;
@@ -69,23 +69,39 @@ struct InputStats {
 /// HessianAccumulator::add per window); the shards are merged in shard order. Ā adds all
 /// windows in order (only when `with_mean`: Q2N needs it, the quantizers do not). In an MPI
 /// run every rank calls this with its own windows and gets the statistics of all of them
-/// (dist.hpp).
+/// (dist.hpp). `low_memory`: the shards are summed one after the other (threads inside each
+/// window's product) instead of side by side (one thread per shard): two cols² sums in memory
+/// instead of kHessianShards, slower by the products' smaller parallel grain, the same numbers.
 inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_mean = true,
-                              Eigen::Index first = 0, Eigen::Index total = -1) {
+                              Eigen::Index first = 0, Eigen::Index total = -1,
+                              bool low_memory = false) {
   const Eigen::Index local = X.rows() / seqlen;
   if (total < 0) total = local;
   const Processes& procs = processes();
-  std::vector<q2n::HessianAccumulator> shards(kHessianShards, q2n::HessianAccumulator(X.cols()));
+  auto add_windows = [&](q2n::HessianAccumulator& acc, int k) {  // shard k's windows held here
+    for (Eigen::Index s = first; s < first + local; ++s)
+      if (s * kHessianShards / total == k) acc.add(X.middleRows((s - first) * seqlen, seqlen));
+  };
+  auto owner = [&](int k) { return procs.shard_owner(k, kHessianShards); };
+  std::vector<q2n::HessianAccumulator> shards(low_memory ? 1 : kHessianShards,
+                                              q2n::HessianAccumulator(X.cols()));
+  if (low_memory) {
+    add_windows(shards[0], 0);
+    procs.share(shards[0], owner(0));
+    for (int k = 1; k < kHessianShards; ++k) {
+      q2n::HessianAccumulator next(X.cols());
+      add_windows(next, k);
+      procs.share(next, owner(k));
+      shards[0].merge(next);
+    }
+  } else {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1)
 #endif
-  for (int k = 0; k < kHessianShards; ++k)
-    for (Eigen::Index s = first; s < first + local; ++s)
-      if (s * kHessianShards / total == k)
-        shards[static_cast<std::size_t>(k)].add(X.middleRows((s - first) * seqlen, seqlen));
-  for (int k = 0; k < kHessianShards; ++k)
-    procs.share(shards[static_cast<std::size_t>(k)], procs.shard_owner(k, kHessianShards));
-  for (int k = 1; k < kHessianShards; ++k) shards[0].merge(shards[static_cast<std::size_t>(k)]);
+    for (int k = 0; k < kHessianShards; ++k) add_windows(shards[static_cast<std::size_t>(k)], k);
+    for (int k = 0; k < kHessianShards; ++k) procs.share(shards[static_cast<std::size_t>(k)], owner(k));
+    for (int k = 1; k < kHessianShards; ++k) shards[0].merge(shards[static_cast<std::size_t>(k)]);
+  }
   InputStats st;
   st.hessian = shards[0].hessian();
   if (with_mean)
@@ -115,6 +131,8 @@ struct PassOptions {
   /// the layer is quantized (and after Q2N's fold), and the model carries the rounded weights:
   /// the pass then evaluates, and calibrates later layers on, exactly what an export holds.
   std::optional<q2n::ValuePrecision> round_to;
+  /// Sum the calibration statistics' shards one at a time (input_stats: less memory, slower).
+  bool low_memory = false;
   /// Called after each layer ("layer i of n") for progress output.
   std::function<void(int layer, int layers)> on_layer;
   /// Called for every quantized linear with its calibration inputs ((S·T) × cols).
@@ -160,7 +178,7 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   if (is_down && !opt.q2n_down_proj) spec.q2n = false;
   const auto t0 = std::chrono::steady_clock::now();
   const InputStats stats = input_stats(inputs, calib.seqlen, spec.q2n || opt.on_linear != nullptr,
-                                       calib.first, calib.total);
+                                       calib.first, calib.total, opt.low_memory);
   times.statistics += seconds_since(t0);
   const auto t1 = std::chrono::steady_clock::now();
   // One null space per group: the members share their inputs. QuIP refines in each linear's
@@ -200,6 +218,41 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
 
 }  // namespace detail
 
+/// Quantizes decoder layer `i` in place in `L` (and its +Q2N twin in `twin` when given) on the
+/// residual stream `x` of the calibration windows entering it, and advances `x` through the
+/// quantized layer. The records of its linears are appended to `records`; the statistics and
+/// quantization seconds added to `times` (the caller times the whole).
+inline void quantize_layer(DecoderLayer& L, DecoderLayer* twin, int i, const Config& c,
+                           const Rope& rope, Matrix& x, const Calibration& calib,
+                           const PassOptions& opt, std::vector<LinearRecord>& records,
+                           PassTimes& times) {
+  const Eigen::Index T = calib.seqlen, S = x.rows() / T;
+  Matrix xn, att, y;
+  // [q, k, v]: inputs are the normalized residual stream.
+  rms_norm(x, L.input_norm, c.rms_norm_eps, xn);
+  detail::quantize_group(L, twin, i, {Proj::q, Proj::k, Proj::v}, xn, calib, opt, records, times);
+  // [o]: inputs are the attention outputs computed with the quantized q, k, v.
+  att.resize(S * T, static_cast<Eigen::Index>(c.num_attention_heads) * c.head_dim);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1)
+#endif
+  for (Eigen::Index s = 0; s < S; ++s)
+    att.middleRows(s * T, T) = attention_core(L, c, rope, xn.middleRows(s * T, T));
+  detail::quantize_group(L, twin, i, {Proj::o}, att, calib, opt, records, times);
+  // [up, gate]: inputs are the normalized stream after the quantized attention block.
+  L.o.apply(att, y);
+  att.resize(0, 0);
+  x += y;
+  rms_norm(x, L.post_norm, c.rms_norm_eps, xn);
+  detail::quantize_group(L, twin, i, {Proj::up, Proj::gate}, xn, calib, opt, records, times);
+  // [down]: inputs are silu(gate x) ⊙ up x with the quantized up and gate.
+  Matrix act = mlp_activation(L, xn);
+  xn.resize(0, 0);
+  detail::quantize_group(L, twin, i, {Proj::down}, act, calib, opt, records, times);
+  L.down.apply(act, y);
+  x += y;
+}
+
 /// Runs the sequential pass over all layers of `fp` (left untouched) and returns the
 /// quantized copy.
 inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
@@ -209,37 +262,14 @@ inline PassResult quantize_sequential(const Model& fp, const Calibration& calib,
   Model& m = out.model;
   const bool twin = opt.shared_twin && opt.spec.q2n;
   if (twin) out.twin = fp;
-  const Config& c = m.config;
-  const Eigen::Index T = calib.seqlen, S = calib.windows();
-  const Rope rope(c, T);
+  const Rope rope(m.config, calib.seqlen);
   Matrix x = calib.inputs;  // residual stream entering the current layer
-  Matrix xn, att, h, act, y;
   const int n_layers = static_cast<int>(m.layers.size());
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < n_layers; ++i) {
-    DecoderLayer& L = m.layers[static_cast<std::size_t>(i)];
     DecoderLayer* tw = twin ? &out.twin.layers[static_cast<std::size_t>(i)] : nullptr;
-    // [q, k, v]: inputs are the normalized residual stream.
-    rms_norm(x, L.input_norm, c.rms_norm_eps, xn);
-    detail::quantize_group(L, tw, i, {Proj::q, Proj::k, Proj::v}, xn, calib, opt, out.records, out.times);
-    // [o]: inputs are the attention outputs computed with the quantized q, k, v.
-    att.resize(S * T, static_cast<Eigen::Index>(c.num_attention_heads) * c.head_dim);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1)
-#endif
-    for (Eigen::Index s = 0; s < S; ++s)
-      att.middleRows(s * T, T) = attention_core(L, c, rope, xn.middleRows(s * T, T));
-    detail::quantize_group(L, tw, i, {Proj::o}, att, calib, opt, out.records, out.times);
-    // [up, gate]: inputs are the normalized stream after the quantized attention block.
-    L.o.apply(att, y);
-    h = x + y;
-    rms_norm(h, L.post_norm, c.rms_norm_eps, xn);
-    detail::quantize_group(L, tw, i, {Proj::up, Proj::gate}, xn, calib, opt, out.records, out.times);
-    // [down]: inputs are silu(gate x) ⊙ up x with the quantized up and gate.
-    act = mlp_activation(L, xn);
-    detail::quantize_group(L, tw, i, {Proj::down}, act, calib, opt, out.records, out.times);
-    L.down.apply(act, y);
-    x = h + y;
+    quantize_layer(m.layers[static_cast<std::size_t>(i)], tw, i, m.config, rope, x, calib, opt,
+                   out.records, out.times);
     if (opt.on_layer) opt.on_layer(i, n_layers);
   }
   out.times.forward =

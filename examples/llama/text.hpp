@@ -18,6 +18,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #ifdef _OPENMP
@@ -159,32 +160,30 @@ inline std::int64_t eval_window_count(std::size_t tokens, Eigen::Index T) {
              : static_cast<std::int64_t>((tokens - 1) / static_cast<std::size_t>(T));
 }
 
-/// Throws std::invalid_argument unless every id is in [0, vocab_size) of `m` (`who` names the
-/// caller). The readers above check ids with the file's name; this guards the lookups.
-inline void require_vocab(const Model& m, const Tokens& tokens, const char* who) {
+/// Throws std::invalid_argument unless every id is in [0, vocab) (`who` names the caller).
+/// The readers above check ids with the file's name; this guards the lookups.
+inline void require_vocab(std::int64_t vocab, const Tokens& tokens, const char* who) {
   for (std::size_t i = 0; i < tokens.size(); ++i)
-    if (tokens[i] < 0 || tokens[i] >= m.config.vocab_size)
-      fail(who, ": token ", i, " is ", tokens[i], ", outside the model's vocabulary [0, ",
-           m.config.vocab_size, ")");
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      fail(who, ": token ", i, " is ", tokens[i], ", outside the model's vocabulary [0, ", vocab,
+           ")");
 }
 
-/// Held-out perplexity with non-overlapping windows: window w has inputs tokens[wT, wT+T) and
-/// targets tokens[wT+1, wT+T+1); ppl = exp(Σ NLL / (windows·T)). `max_windows` < 0 means all.
-/// Windows run in parallel (OpenMP threads, and the ranks of an MPI run: dist.hpp); the sum is
-/// taken in window order, so the result depends on neither.
-inline Perplexity perplexity(const Model& m, const Tokens& tokens, Eigen::Index T,
-                             std::int64_t max_windows = -1) {
-  require_vocab(m, tokens, "llama::perplexity");
-  std::int64_t n = eval_window_count(tokens.size(), T);
-  if (max_windows >= 0 && max_windows < n) n = max_windows;
-  const Rope rope(m.config, T);
-  const auto [first, last] = processes().block(n);
-  std::vector<double> mine(static_cast<std::size_t>(last - first), 0.0);
-  LLAMA_OMP_PARALLEL_FOR
-  for (std::int64_t w = first; w < last; ++w) {
-    const Token* p = tokens.data() + w * T;
-    mine[static_cast<std::size_t>(w - first)] = window_nll(forward(m, rope, p, T), p + 1);
-  }
+/// The windows [first, last) of this process and their number n: eval_window_count, capped at
+/// `max_windows` when that is ≥ 0, in blocks over the processes of an MPI run.
+struct EvalWindows {
+  std::int64_t n = 0, first = 0, last = 0;
+};
+inline EvalWindows eval_windows(std::size_t tokens, Eigen::Index T, std::int64_t max_windows) {
+  EvalWindows w;
+  w.n = eval_window_count(tokens, T);
+  if (max_windows >= 0 && max_windows < w.n) w.n = max_windows;
+  std::tie(w.first, w.last) = processes().block(w.n);
+  return w;
+}
+
+/// Σ of the per-window NLLs of all processes (`mine`: this process's windows) in window order.
+inline Perplexity sum_windows(const std::vector<double>& mine, std::int64_t n, Eigen::Index T) {
   Perplexity r;
   for (double v : processes().gather(mine, n)) r.nll += v;
   // Finite weights can still overflow float inside the forward pass: refuse, never print NaN.
@@ -194,6 +193,24 @@ inline Perplexity perplexity(const Model& m, const Tokens& tokens, Eigen::Index 
   r.windows = n;
   r.predictions = n * T;
   return r;
+}
+
+/// Held-out perplexity with non-overlapping windows: window w has inputs tokens[wT, wT+T) and
+/// targets tokens[wT+1, wT+T+1); ppl = exp(Σ NLL / (windows·T)). `max_windows` < 0 means all.
+/// Windows run in parallel (OpenMP threads, and the ranks of an MPI run: dist.hpp); the sum is
+/// taken in window order, so the result depends on neither.
+inline Perplexity perplexity(const Model& m, const Tokens& tokens, Eigen::Index T,
+                             std::int64_t max_windows = -1) {
+  require_vocab(m.config.vocab_size, tokens, "llama::perplexity");
+  const EvalWindows w = eval_windows(tokens.size(), T, max_windows);
+  const Rope rope(m.config, T);
+  std::vector<double> mine(static_cast<std::size_t>(w.last - w.first), 0.0);
+  LLAMA_OMP_PARALLEL_FOR
+  for (std::int64_t k = w.first; k < w.last; ++k) {
+    const Token* p = tokens.data() + k * T;
+    mine[static_cast<std::size_t>(k - w.first)] = window_nll(forward(m, rope, p, T), p + 1);
+  }
+  return sum_windows(mine, w.n, T);
 }
 
 /// Start offsets of `n` calibration windows of T tokens drawn uniformly from a stream of

@@ -1,6 +1,7 @@
 # mpirun -np 2 gives the same quantized weights and perplexities as one process, bit for bit:
 # GPTQ 3-bit and GPTQ 3-bit + Q2N on the shipped model. The single process runs on the
 # machine's default thread count, the ranks on one thread each (the results depend on neither).
+# The same for --stream, in one process and in two.
 #   cmake -DEXE=q2n_llama -DMPI_EXE=q2n_llama_mpi "-DMPIRUN=mpiexec;-n;2;..." -DOUT=... -P mpi_same.cmake
 set(_args --methods gptq --bits 3 --group 64 --nsamples 24 --eval-windows 37)
 file(REMOVE_RECURSE ${OUT})
@@ -32,5 +33,36 @@ foreach(q off on)
   if(NOT differ EQUAL 0)
     message(FATAL_ERROR "FAIL: the quantized weights differ (--q2n ${q})")
   endif()
+  # --stream (the checkpoint read layer by layer) in one process and in two: the perplexities
+  # of the in-memory run, and the same shards from both (their tensors equal the in-memory
+  # model's: the doctest "the streaming pass gives the in-memory pass's weights ...").
+  foreach(mode stream mpi_stream)
+    set(_cmd ${EXE})
+    if(mode STREQUAL "mpi_stream")
+      set(_cmd ${MPIRUN} ${MPI_EXE} --threads 1)
+    endif()
+    execute_process(COMMAND ${_cmd} ${_args} --q2n ${q} --stream --save ${OUT}/${mode}_${q}
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "${mode}, --q2n ${q}, failed (${rc}): ${err}")
+    endif()
+    string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl_stream "${out}")
+    message(STATUS "--q2n ${q}: ${mode} ${ppl_stream}")
+    if(NOT ppl_single STREQUAL ppl_stream)
+      message(FATAL_ERROR "FAIL: the perplexities of ${mode} differ")
+    endif()
+  endforeach()
+  file(GLOB _shards RELATIVE ${OUT}/stream_${q} ${OUT}/stream_${q}/*)
+  list(LENGTH _shards n)
+  if(n LESS 4)
+    message(FATAL_ERROR "FAIL: --stream --save wrote ${n} files: ${_shards}")
+  endif()
+  foreach(f ${_shards})
+    execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${OUT}/stream_${q}/${f}
+                            ${OUT}/mpi_stream_${q}/${f} RESULT_VARIABLE differ)
+    if(NOT differ EQUAL 0)
+      message(FATAL_ERROR "FAIL: ${f} differs between one and two streaming processes")
+    endif()
+  endforeach()
 endforeach()
 message(STATUS "PASSED")

@@ -1,6 +1,7 @@
 // Tests of the example's Llama forward pass, evaluation protocol and sequential calibration.
 #include "llama/method_flags.hpp"
 #include "llama/sequential.hpp"
+#include "llama/streaming.hpp"
 #include "tiny_model.hpp"
 
 #include <doctest/doctest.h>
@@ -415,6 +416,85 @@ TEST_CASE("the shared pass reproduces the separate baseline pass and refines the
   for (const auto& r : sq.records) {
     CHECK(r.result.q2n_applied() == (r.proj != llama::Proj::down));
     CHECK(std::isfinite(r.result.err_after));
+  }
+}
+
+// Every tensor of `a` equals the one of `b`, bit for bit.
+void check_same_model(const llama::Model& a, const llama::Model& b) {
+  CHECK(a.embed == b.embed);
+  CHECK(a.norm == b.norm);
+  CHECK(a.lm_head.weight == b.lm_head.weight);
+  REQUIRE(a.layers.size() == b.layers.size());
+  for (std::size_t i = 0; i < a.layers.size(); ++i) {
+    CAPTURE(i);
+    CHECK(a.layers[i].input_norm == b.layers[i].input_norm);
+    CHECK(a.layers[i].post_norm == b.layers[i].post_norm);
+    for (llama::Proj p : llama::kAllProj) {
+      CHECK(a.layers[i].linear(p).weight == b.layers[i].linear(p).weight);
+      CHECK(a.layers[i].linear(p).bias == b.layers[i].linear(p).bias);
+    }
+  }
+}
+
+TEST_CASE("the streaming pass gives the in-memory pass's weights and perplexities") {
+  const std::string dir = std::string(LLAMA_TEST_TMP_DIR) + "/streaming";
+  std::filesystem::remove_all(dir);
+  const llama::Tokens calib_text = sample_tokens(4000, 21), eval_text = sample_tokens(700, 22);
+  const Eigen::Index T = 32;
+  for (bool tied : {true, false}) {
+    CAPTURE(tied);
+    llama_test::TinySpec spec;
+    spec.tied = tied;
+    spec.layers = 3;
+    // The source as most checkpoints are stored: BF16 (the loaded model holds its values).
+    const std::string src_dir = dir + "/source" + (tied ? "_tied" : "");
+    llama::save_model(llama_test::make_tiny_model(spec), src_dir, q2n::io::DType::BF16);
+    const llama::Model fp = llama::load_model(src_dir);
+    llama::PassOptions po;
+    po.spec.method = llama::Method::gptq;
+    po.spec.grid.bits = 3;
+    po.spec.groupsize = 8;
+    po.spec.q2n = true;
+    const llama::Calibration calib = llama::capture_layer0_inputs(fp, calib_text, T, 6, 5);
+    const llama::PassResult mem = llama::quantize_sequential(fp, calib, po);
+    const llama::Perplexity ppl_fp = llama::perplexity(fp, eval_text, T);
+    const llama::Perplexity ppl_q = llama::perplexity(mem.model, eval_text, T);
+
+    llama::StreamOptions so;
+    so.pass = po;
+    so.pass.low_memory = true;  // the statistics summed shard by shard: the same numbers
+    so.save_dir = dir + "/streamed" + (tied ? "_tied" : "");
+    const llama::ModelSource source(src_dir);
+    const llama::StreamResult st =
+        llama::quantize_streaming(source, calib_text, T, 6, 5, eval_text, so);
+    check_same_model(llama::load_model(so.save_dir), mem.model);
+    CHECK(st.fp.nll == ppl_fp.nll);  // bit for bit: the same products, one LM head block
+    CHECK(st.quantized.nll == ppl_q.nll);
+    CHECK(st.quantized.windows == ppl_q.windows);
+    REQUIRE(st.records.size() == mem.records.size());
+    for (std::size_t k = 0; k < st.records.size(); ++k)
+      CHECK(st.records[k].result.err_after == mem.records[k].result.err_after);
+
+    // Blocks of 7 rows of the embedding table and the LM head (37 blocks): the lookups are
+    // exact; the logits of a 7-row block come from a product of another shape than the whole
+    // head's, so they round differently (float, ~1e-7 relative each), and so does the
+    // log-sum-exp rescaled block by block. Summed over 21·32 tokens this moves the NLL by
+    // ~1e-9 relative (measured: below 1e-9); 1e-7 bounds it with room, and a block read at the
+    // wrong rows or skipped would move it by far more (each token's NLL by O(1)).
+    // The source is now the sharded checkpoint just written.
+    so.row_block_bytes = 7 * 4 * spec.hidden;
+    so.save_dir = dir + "/restreamed";
+    std::filesystem::remove_all(so.save_dir);
+    const llama::Model streamed = llama::load_model(dir + "/streamed" + (tied ? "_tied" : ""));
+    const llama::PassResult mem2 = llama::quantize_sequential(
+        streamed, llama::capture_layer0_inputs(streamed, calib_text, T, 6, 5), po);
+    const llama::StreamResult st2 = llama::quantize_streaming(
+        llama::ModelSource(dir + "/streamed" + (tied ? "_tied" : "")), calib_text, T, 6, 5,
+        eval_text, so);
+    check_same_model(llama::load_model(so.save_dir), mem2.model);
+    CHECK(st2.quantized.nll ==
+          doctest::Approx(llama::perplexity(mem2.model, eval_text, T).nll).epsilon(1e-7));
+    CHECK(st2.fp.nll == doctest::Approx(llama::perplexity(streamed, eval_text, T).nll).epsilon(1e-7));
   }
 }
 

@@ -590,6 +590,32 @@ class SafetensorsReader {
     return m;
   }
 
+  /// Rows [first, first + count) of read_matrix(name), read from the file alone: a part of a
+  /// tensor too large to hold whole (an embedding table, an LM head) costs only its own memory.
+  /// \throws std::invalid_argument unless 0 ≤ first, 0 ≤ count and first + count ≤ rows;
+  ///         otherwise as read_matrix
+  template <class T>
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> read_rows(
+      const std::string& name, std::int64_t first, std::int64_t count) const {
+    static_assert(std::is_arithmetic_v<T>,
+                  "SafetensorsReader::read_rows<T>: T must be an arithmetic type such as "
+                  "float, double, std::int32_t or std::uint8_t");
+    const TensorInfo& ti = lookup("read_rows", name);
+    const std::int64_t cols = ti.shape.size() >= 2 ? ti.shape.back() : 1;
+    const std::int64_t rows = cols == 0 ? 0 : ti.numel() / cols;
+    if (first < 0 || count < 0 || first > rows || count > rows - first) {
+      throw std::invalid_argument("q2n::io::SafetensorsReader::read_rows: rows [" +
+                                  std::to_string(first) + ", " + std::to_string(first) + " + " +
+                                  std::to_string(count) + ") of tensor '" + name + "' in '" +
+                                  path_ + "', which has " + std::to_string(rows) +
+                                  " rows; pass 0 <= first <= first + count <= rows");
+    }
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(count, cols);
+    read_into("read_rows", name, ti, m.data(), static_cast<std::uint64_t>(first * cols),
+              count * cols);
+    return m;
+  }
+
  private:
   std::string where() const { return "q2n::io::SafetensorsReader: '" + path_ + "': "; }
 
@@ -762,8 +788,11 @@ class SafetensorsReader {
     }
   }
 
+  // Elements [first_elem, first_elem + n_elems) of the tensor (C order) into out; n_elems < 0:
+  // to the end.
   template <class T>
-  void read_into(const char* fn, const std::string& name, const TensorInfo& ti, T* out) const {
+  void read_into(const char* fn, const std::string& name, const TensorInfo& ti, T* out,
+                 std::uint64_t first_elem = 0, std::int64_t n_elems = -1) const {
     const std::string func = "q2n::io::SafetensorsReader::" + std::string(fn) + ": ";
     if (detail::is_float_dtype(ti.dtype) && !std::is_floating_point_v<T>) {
       throw std::invalid_argument(func + "tensor '" + name + "' in '" + path_ + "' has dtype " +
@@ -771,13 +800,16 @@ class SafetensorsReader {
                                   "; reading it as an integer type would drop fractions; "
                                   "read it as float or double");
     }
-    const std::uint64_t nbytes = ti.end - ti.begin;
+    const std::size_t esize = dtype_size(ti.dtype);
+    const std::uint64_t nbytes = n_elems < 0 ? ti.end - ti.begin - first_elem * esize
+                                             : static_cast<std::uint64_t>(n_elems) * esize;
     if (nbytes == 0) return;
     std::ifstream in(path_, std::ios::binary);
     if (!in) {
       throw std::runtime_error(func + "cannot reopen '" + path_ + "': " + std::strerror(errno));
     }
-    in.seekg(static_cast<std::streamoff>(data_start_ + ti.begin), std::ios::beg);
+    in.seekg(static_cast<std::streamoff>(data_start_ + ti.begin + first_elem * esize),
+             std::ios::beg);
     auto truncated = [&]() {
       return FormatError(where(name) +
                          "data ends early: the file is shorter than its header "
@@ -789,7 +821,6 @@ class SafetensorsReader {
       if (static_cast<std::uint64_t>(in.gcount()) != nbytes) throw truncated();
       return;
     }
-    const std::size_t esize = dtype_size(ti.dtype);
     const std::uint64_t total = nbytes / esize;
     const std::uint64_t chunk = std::min<std::uint64_t>(total, (std::uint64_t{1} << 20) / esize);
     std::vector<char> buf(static_cast<std::size_t>(chunk * esize));
@@ -798,10 +829,11 @@ class SafetensorsReader {
       in.read(buf.data(), static_cast<std::streamsize>(count * esize));
       if (static_cast<std::uint64_t>(in.gcount()) != count * esize) throw truncated();
       for (std::uint64_t k = 0; k < count; ++k) {
-        const std::uint64_t index = first + k;
+        const std::uint64_t index = first + k;  // into out
+        const std::uint64_t element = first_elem + index;  // of the tensor
         const char* p = buf.data() + k * esize;
         if (ti.dtype == DType::BOOL && static_cast<unsigned char>(*p) > 1) {
-          throw FormatError(where(name) + "BOOL element " + std::to_string(index) + " is byte " +
+          throw FormatError(where(name) + "BOOL element " + std::to_string(element) + " is byte " +
                             std::to_string(static_cast<unsigned char>(*p)) + ", not 0 or 1");
         }
         detail::visit_element(ti.dtype, p, [&](auto v) {
@@ -815,7 +847,7 @@ class SafetensorsReader {
           } else if constexpr (std::is_integral_v<S>) {
             if (!detail::int_fits<T>(v)) {
               throw std::invalid_argument(func + "tensor '" + name + "' in '" + path_ +
-                                          "': element " + std::to_string(index) + " = " +
+                                          "': element " + std::to_string(element) + " = " +
                                           detail::value_string(v) +
                                           " does not fit in the requested type; read it into a "
                                           "wider type");
