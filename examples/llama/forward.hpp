@@ -102,13 +102,14 @@ inline Matrix attention_core(const DecoderLayer& L, const Config& c, const Rope&
   return out;
 }
 
-/// silu(gate(x)) ⊙ up(x): the input of down_proj.
+/// silu(gate(x)) ⊙ up(x): the input of down_proj (formed in gate(x)'s buffer: two
+/// tokens × intermediate buffers at a time, not three).
 inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& xn) {
   Matrix g, u;
   L.gate.apply(xn, g);
   L.up.apply(xn, u);
-  g = g.array() / (1.0f + (-g.array()).exp());
-  return g.cwiseProduct(u);
+  g.array() = (g.array() / (1.0f + (-g.array()).exp())) * u.array();
+  return g;
 }
 
 /// One decoder layer applied in place to the residual stream x (T × hidden).

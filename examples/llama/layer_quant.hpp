@@ -25,6 +25,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -217,11 +218,27 @@ inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXd& H) 
   return ah.cwiseProduct(A).sum();
 }
 
+/// The same from a float H, taken in double a panel of columns at a time (no cols × cols
+/// double copy: the low-memory pass hands its quantizers H in float).
+inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXf& H) {
+  double e = 0;
+  for (Eigen::Index a = 0; a < H.cols(); a += q2n::detail::kPanel) {
+    const Eigen::Index n = std::min(q2n::detail::kPanel, H.cols() - a);
+    const Eigen::MatrixXd hp = H.middleCols(a, n).cast<double>();
+    Eigen::MatrixXd ah(A.rows(), n);
+    q2n::detail::panel_product(ah, A, hp, 1.0, false);
+    e += ah.cwiseProduct(A.middleCols(a, n)).sum();
+  }
+  return e;
+}
+
 /// Relative output error on the calibration inputs, ‖X(Q−W)ᵀ‖²_F / ‖XWᵀ‖²_F, computed from
-/// H ∝ XᵀX as tr(D H Dᵀ) / tr(W H Wᵀ) with D = Q − W; the denominator is computed once per W.
+/// H ∝ XᵀX (double, or float) as tr(D H Dᵀ) / tr(W H Wᵀ) with D = Q − W; the denominator is
+/// computed once per W.
+template <class HMatrix = Eigen::MatrixXd>
 class HessianOutputError {
  public:
-  HessianOutputError(const Eigen::MatrixXf& W, const Eigen::MatrixXd& H)
+  HessianOutputError(const Eigen::MatrixXf& W, const HMatrix& H)
       : w_(W.cast<double>()), h_(H), den_(output_energy(w_, H)) {}
   double operator()(const Eigen::MatrixXf& Q) const {
     return den_ > 0 ? output_energy(Q.cast<double>() - w_, h_) / den_ : 0.0;
@@ -229,7 +246,7 @@ class HessianOutputError {
 
  private:
   Eigen::MatrixXd w_;
-  const Eigen::MatrixXd& h_;
+  const HMatrix& h_;
   double den_;
 };
 

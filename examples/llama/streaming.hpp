@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -275,6 +276,13 @@ inline StreamResult quantize_streaming(const ModelSource& src, const Tokens& cal
     quantize_layer(L, nullptr, i, c, rope, x, calib, so.pass, out.records, out.times);
     through(L, q);
     writer.shard([&](q2n::io::SafetensorsWriter& w) { add_layer(w, L, i); });
+    // The records keep their figures, not their storage (codes are a byte per weight): the
+    // layer is on disk now.
+    for (auto r = out.records.end() - static_cast<std::ptrdiff_t>(std::size(kAllProj));
+         r != out.records.end(); ++r) {
+      r->result.quantized.storage = {};
+      if (r->result.refined) r->result.refined->storage = {};
+    }
     if (so.pass.on_layer) so.pass.on_layer(i, c.num_hidden_layers);
   }
   x.resize(0, 0);

@@ -471,9 +471,17 @@ TEST_CASE("the streaming pass gives the in-memory pass's weights and perplexitie
     CHECK(st.fp.nll == ppl_fp.nll);  // bit for bit: the same products, one LM head block
     CHECK(st.quantized.nll == ppl_q.nll);
     CHECK(st.quantized.windows == ppl_q.windows);
+    // The low-memory pass measures the errors from H rounded to float (2^-24 relative per
+    // entry); tr(D H Dᵀ) of a positive semidefinite H moves by about as much. 1e-5 bounds it
+    // with room; a different Q would differ by far more (the errors are ~1e-3 apart between
+    // 3 and 4 bits).
     REQUIRE(st.records.size() == mem.records.size());
-    for (std::size_t k = 0; k < st.records.size(); ++k)
-      CHECK(st.records[k].result.err_after == mem.records[k].result.err_after);
+    for (std::size_t k = 0; k < st.records.size(); ++k) {
+      CHECK(st.records[k].result.err_before ==
+            doctest::Approx(mem.records[k].result.err_before).epsilon(1e-5));
+      CHECK(st.records[k].result.err_after ==
+            doctest::Approx(mem.records[k].result.err_after).epsilon(1e-5));
+    }
 
     // Blocks of 7 rows of the embedding table and the LM head (37 blocks): the lookups are
     // exact; the logits of a 7-row block come from a product of another shape than the whole
