@@ -18,6 +18,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace llama {
@@ -38,22 +39,36 @@ struct Calibration {
   Eigen::Index windows() const { return seqlen ? inputs.rows() / seqlen : 0; }
 };
 
-/// Draws `n` windows of T tokens from `tokens` (seeded) and embeds this process's share.
-inline Calibration capture_layer0_inputs(const Model& m, const Tokens& tokens, Eigen::Index T,
-                                         int n, std::uint64_t seed) {
-  if (n <= 0) fail("llama::capture_layer0_inputs: nsamples = ", n, " must be positive");
-  require_vocab(m.config.vocab_size, tokens, "llama::capture_layer0_inputs");
+/// Draws `n` windows of T tokens from `tokens` (seeded): all their starts, and this process's
+/// share (dist.hpp) as the token ids of its windows one after the other; `inputs` is left for
+/// the caller to embed. `who` names the caller in errors.
+inline std::pair<Calibration, Tokens> draw_calibration(const Tokens& tokens, std::int64_t vocab,
+                                                       Eigen::Index T, int n, std::uint64_t seed,
+                                                       const char* who) {
+  if (n <= 0) fail(who, ": nsamples = ", n, " must be positive");
+  require_vocab(vocab, tokens, who);
   Calibration c;
   c.seqlen = T;
   c.total = n;
   c.starts = calibration_starts(tokens.size(), T, n, seed);
   const auto [first, last] = processes().calibration_windows(n, kHessianShards);
   c.first = first;
-  c.inputs.resize((last - first) * T, m.config.hidden_size);
-  for (Eigen::Index s = first; s < last; ++s)
-    c.inputs.middleRows((s - first) * T, T) =
-        embed(m, tokens.data() + c.starts[static_cast<std::size_t>(s)], T);
-  return c;
+  Tokens ids;
+  ids.reserve(static_cast<std::size_t>((last - first) * T));
+  for (Eigen::Index s = first; s < last; ++s) {
+    const auto p = tokens.begin() + static_cast<std::ptrdiff_t>(c.starts[static_cast<std::size_t>(s)]);
+    ids.insert(ids.end(), p, p + T);
+  }
+  return {std::move(c), std::move(ids)};
+}
+
+/// Draws `n` windows of T tokens from `tokens` (seeded) and embeds this process's share.
+inline Calibration capture_layer0_inputs(const Model& m, const Tokens& tokens, Eigen::Index T,
+                                         int n, std::uint64_t seed) {
+  auto [c, ids] = draw_calibration(tokens, m.config.vocab_size, T, n, seed,
+                                   "llama::capture_layer0_inputs");
+  c.inputs = embed(m, ids.data(), static_cast<Eigen::Index>(ids.size()));
+  return std::move(c);
 }
 
 /// Calibration statistics of one group's inputs X ((S·T) × cols).

@@ -31,6 +31,7 @@
 #include <map>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace llama {
@@ -224,9 +225,7 @@ inline StreamResult quantize_streaming(const ModelSource& src, const Tokens& cal
                                        const Tokens& eval_tokens, const StreamOptions& so) {
   if (so.pass.shared_twin) fail("llama::quantize_streaming: shared_twin is not supported");
   const Config& c = src.config();
-  require_vocab(c.vocab_size, calib_tokens, "llama::quantize_streaming (calibration)");
-  require_vocab(c.vocab_size, eval_tokens, "llama::quantize_streaming (evaluation)");
-  if (nsamples <= 0) fail("llama::quantize_streaming: nsamples = ", nsamples, " must be positive");
+  require_vocab(c.vocab_size, eval_tokens, "llama::quantize_streaming");
   StreamResult out;
   ShardWriter writer(processes().root() ? so.save_dir : std::string(), c);
   const std::int64_t block = row_block(c, so.row_block_bytes);
@@ -238,17 +237,10 @@ inline StreamResult quantize_streaming(const ModelSource& src, const Tokens& cal
     w.add("model.embed_tokens.weight", src.embed_rows(0, c.vocab_size), dt);
   });
   Calibration calib;
-  calib.seqlen = T;
-  calib.total = nsamples;
-  calib.starts = calibration_starts(calib_tokens.size(), T, nsamples, seed);
-  const auto [cfirst, clast] = processes().calibration_windows(nsamples, kHessianShards);
-  calib.first = cfirst;
   {
     Tokens ids;
-    for (Eigen::Index s = cfirst; s < clast; ++s) {
-      const auto p = calib_tokens.begin() + static_cast<std::ptrdiff_t>(calib.starts[static_cast<std::size_t>(s)]);
-      ids.insert(ids.end(), p, p + T);
-    }
+    std::tie(calib, ids) = draw_calibration(calib_tokens, c.vocab_size, T, nsamples, seed,
+                                            "llama::quantize_streaming");
     calib.inputs = embed_ids(src, ids.data(), static_cast<Eigen::Index>(ids.size()), block);
   }
   const EvalWindows ew = eval_windows(eval_tokens.size(), T, so.eval_windows);
