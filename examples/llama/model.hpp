@@ -313,7 +313,7 @@ inline Model load_model(const std::string& dir) {
 /// for, converted to float then; nothing is kept. The checks are load_model's.
 class ModelSource {
  public:
-  explicit ModelSource(const std::string& dir) : dir_(dir) {
+  explicit ModelSource(const std::string& dir) {
     auto [config, ck] = detail::open_checkpoint(dir);
     config_ = std::move(config);
     ck_ = std::move(ck);
@@ -325,7 +325,6 @@ class ModelSource {
   }
 
   const Config& config() const { return config_; }
-  const std::string& dir() const { return dir_; }
 
   DecoderLayer layer(int i) const { return detail::load_layer(*ck_, config_, i); }
   Vector norm() const { return ck_->vector("model.norm.weight", config_.hidden_size, "hidden_size"); }
@@ -345,15 +344,14 @@ class ModelSource {
                                                        "vocab_size")
                                          : Vector();
   }
-  bool lm_head_is_embed() const { return detail::lm_head_is_embed(*ck_, config_); }
   q2n::io::DType dtype(const std::string& name) const { return ck_->dtype(name); }
 
  private:
   std::string lm_head_name() const {
-    return lm_head_is_embed() ? "model.embed_tokens.weight" : "lm_head.weight";
+    return detail::lm_head_is_embed(*ck_, config_) ? "model.embed_tokens.weight"
+                                                   : "lm_head.weight";
   }
 
-  std::string dir_;
   Config config_;
   std::unique_ptr<detail::Checkpoint> ck_;
 };

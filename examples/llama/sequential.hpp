@@ -146,7 +146,10 @@ struct PassOptions {
   /// the layer is quantized (and after Q2N's fold), and the model carries the rounded weights:
   /// the pass then evaluates, and calibrates later layers on, exactly what an export holds.
   std::optional<q2n::ValuePrecision> round_to;
-  /// Sum the calibration statistics' shards one at a time (input_stats: less memory, slower).
+  /// Hold less at once, for models that fill the machine's memory (streaming.hpp): the
+  /// statistics' shards are summed one at a time (input_stats), and H goes to the quantizers
+  /// in float with the double H released (the same weights; the errors are then measured from
+  /// the float H). Slower.
   bool low_memory = false;
   /// Called after each layer ("layer i of n") for progress output.
   std::function<void(int layer, int layers)> on_layer;
