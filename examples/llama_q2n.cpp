@@ -270,9 +270,6 @@ int run(int argc, char** argv) {
   set_threads(o.threads);
   llama::elapsed_seconds();
   const llama::Processes& procs = llama::processes();
-  if (procs.size() > llama::kHessianShards)
-    llama::fail("q2n_llama: ", procs.size(), " processes; at most ", llama::kHessianShards,
-                " share a run (one per shard of the calibration statistics)");
   if (procs.size() > 1 && !o.dump_file.empty())
     llama::fail("q2n_llama: --dump-file needs all calibration windows in one process; run it "
                 "without mpirun");

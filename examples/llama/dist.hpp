@@ -7,17 +7,22 @@
 /// same sequential pass over its own share of them:
 /// - the calibration windows go out by the fixed shards of the Hessian sum (sequential.hpp:
 ///   window s of S is in shard s·K/S, K = kHessianShards; shard k belongs to rank k·N/K), so
-///   every shard is accumulated by one rank exactly as one process accumulates it; the shards
-///   are then shared and merged in shard order;
+///   every shard is accumulated by one rank exactly as one process accumulates it; with more
+///   than K ranks, in contiguous blocks, a shard's running sum handed from rank to rank in
+///   window order (shard_sum); the shards are then shared and merged in shard order;
 /// - Ā is summed window by window in window order, the running sum handed from rank to rank;
-/// - every rank quantizes every linear from the same H and Ā (the quantizers do not depend on
-///   the thread count, so all ranks hold the same weights);
+/// - the linears of each true-sequential group are dealt out over the ranks (linear_owner):
+///   each rank quantizes its own from the same H and Ā, then every result goes from its rank
+///   to all (share_result, the bytes of wire.hpp), so all ranks hold the same weights and
+///   records;
 /// - evaluation windows are split into contiguous blocks; their NLLs are gathered and summed in
 ///   window order.
-/// So the weights and the perplexities are bit-identical for any N ≤ K. Forward passes and
-/// statistics are divided by N; the quantizers are not (each rank runs them all).
+/// So the weights and the perplexities are bit-identical for any N. Forward passes and
+/// statistics are divided by N, the quantizers of a group by up to its size (3, 1, 2, 1).
 ///
 /// Without Q2N_LLAMA_MPI everything here is the single process's trivial case.
+
+#include "wire.hpp"
 
 #include <q2n/accumulators.hpp>
 
@@ -25,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -52,21 +58,41 @@ class Processes {
   int size() const { return size_; }
   bool root() const { return rank_ == 0; }
 
-  /// The rank that accumulates shard k of `shards`.
-  int shard_owner(int k, int shards) const {
-    return static_cast<int>(static_cast<std::int64_t>(k) * size_ / shards);
+  /// Calibration windows [first, last) of S that this rank holds. Up to `shards` ranks: the
+  /// windows of whole shards (shard k to rank k·N/shards), so each shard is summed in one
+  /// rank; more ranks: contiguous blocks of windows, so a shard may be summed across
+  /// neighbouring ranks, its running sum handed on (shard_sum).
+  std::pair<Eigen::Index, Eigen::Index> calibration_windows(Eigen::Index S, int shards) const {
+    return windows_of(rank_, S, shards);
   }
 
-  /// Calibration windows [first, last) of S that this rank holds: those of its shards
-  /// (contiguous, since shard and owner both grow with the window index).
-  std::pair<Eigen::Index, Eigen::Index> calibration_windows(Eigen::Index S, int shards) const {
-    Eigen::Index first = S, last = 0;
-    for (Eigen::Index s = 0; s < S; ++s)
-      if (shard_owner(static_cast<int>(s * shards / S), shards) == rank_) {
-        first = std::min(first, s);
-        last = s + 1;
+  /// Runs this rank's part of the sum of shard k of `shards` (S windows): receives the running
+  /// sum from the rank before when that rank holds earlier windows of the shard, calls
+  /// add(acc) for its own, and hands the sum on when the next rank holds later ones. Returns
+  /// the rank holding the finished sum (the shard's last), for share().
+  template <class Add>
+  int shard_sum(q2n::HessianAccumulator& acc, int k, Eigen::Index S, int shards, Add&& add) const {
+    // The shard's windows are [ceil(kS/K), ceil((k+1)S/K)); its holders a contiguous range.
+    const auto K = static_cast<Eigen::Index>(shards);
+    const Eigen::Index w0 = (k * S + K - 1) / K, w1 = ((k + 1) * S + K - 1) / K;
+    int lo = -1, hi = -1;
+    for (int r = 0; r < size_; ++r) {
+      const auto [a, b] = windows_of(r, S, shards);
+      if (std::max(a, w0) < std::min(b, w1)) {
+        if (lo < 0) lo = r;
+        hi = r;
       }
-    return first < last ? std::make_pair(first, last) : std::make_pair(Eigen::Index{0}, Eigen::Index{0});
+    }
+    if (lo < 0) return 0;  // no windows: every rank's sum is the empty one
+    if (rank_ < lo || rank_ > hi) return hi;
+#ifdef Q2N_LLAMA_MPI
+    if (rank_ > lo) receive(acc, rank_ - 1, k);
+#endif
+    add(acc);
+#ifdef Q2N_LLAMA_MPI
+    if (rank_ < hi) send(acc, rank_ + 1, k);
+#endif
+    return hi;
   }
 
   /// Evaluation windows [first, last) of n: contiguous blocks, the first n mod N one longer.
@@ -83,6 +109,35 @@ class Processes {
     acc = q2n::HessianAccumulator::from_sum(std::move(sum), tokens);
 #else
     (void)acc;
+    (void)owner;
+#endif
+  }
+
+  /// The rank that quantizes linear `index` (0…6 in the order q, k, v, o, up, gate, down) of
+  /// decoder layer `layer`: dealt round the ranks in that order, layer after layer.
+  int linear_owner(int layer, int index) const {
+    return static_cast<int>((static_cast<std::int64_t>(layer) * 7 + index) % size_);
+  }
+
+  /// Gives every rank `owner`'s result (the others' `r` is replaced).
+  void share_result(LinearResult& r, int owner) const {
+#ifdef Q2N_LLAMA_MPI
+    if (size_ == 1) return;
+    Wire w;
+    if (rank_ == owner) put(w, r);
+    auto bytes = static_cast<std::uint64_t>(w.bytes().size());
+    MPI_Bcast(&bytes, 1, MPI_UINT64_T, owner, MPI_COMM_WORLD);
+    w.bytes().resize(static_cast<std::size_t>(bytes));
+    constexpr std::uint64_t kPiece = std::uint64_t{1} << 30;  // MPI counts are int
+    for (std::uint64_t at = 0; at < bytes; at += kPiece)
+      MPI_Bcast(w.bytes().data() + at, static_cast<int>(std::min(kPiece, bytes - at)), MPI_BYTE,
+                owner, MPI_COMM_WORLD);
+    if (rank_ != owner) {
+      r = get_linear_result(w);
+      if (!w.consumed()) throw std::runtime_error("llama::Processes::share_result: bytes left over");
+    }
+#else
+    (void)r;
     (void)owner;
 #endif
   }
@@ -142,6 +197,35 @@ class Processes {
   }
 
  private:
+  // Rank r's calibration windows (calibration_windows()).
+  std::pair<Eigen::Index, Eigen::Index> windows_of(int r, Eigen::Index S, int shards) const {
+    if (size_ > shards) return block_of(r, S);
+    Eigen::Index first = S, last = 0;
+    for (Eigen::Index s = 0; s < S; ++s)
+      if (static_cast<int>(s * shards / S) * static_cast<std::int64_t>(size_) / shards == r) {
+        first = std::min(first, s);
+        last = s + 1;
+      }
+    return first < last ? std::make_pair(first, last) : std::make_pair(Eigen::Index{0}, Eigen::Index{0});
+  }
+
+#ifdef Q2N_LLAMA_MPI
+  static void send(const q2n::HessianAccumulator& acc, int to, int tag) {
+    const Eigen::MatrixXd& sum = acc.sum();
+    const std::int64_t tokens = acc.tokens();
+    MPI_Send(&tokens, 1, MPI_INT64_T, to, 2 * tag, MPI_COMM_WORLD);
+    MPI_Send(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, to, 2 * tag + 1, MPI_COMM_WORLD);
+  }
+  static void receive(q2n::HessianAccumulator& acc, int from, int tag) {
+    Eigen::MatrixXd sum(acc.sum().rows(), acc.sum().cols());
+    std::int64_t tokens = 0;
+    MPI_Recv(&tokens, 1, MPI_INT64_T, from, 2 * tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    MPI_Recv(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, from, 2 * tag + 1,
+             MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    acc = q2n::HessianAccumulator::from_sum(std::move(sum), tokens);
+  }
+#endif
+
   // Rank r's block of n items.
   std::pair<std::int64_t, std::int64_t> block_of(int r, std::int64_t n) const {
     const std::int64_t q = n / size_, rem = n % size_;

@@ -87,6 +87,7 @@ struct InputStats {
 /// (dist.hpp). `low_memory`: the shards are summed one after the other (threads inside each
 /// window's product) instead of side by side (one thread per shard): two cols² sums in memory
 /// instead of kHessianShards, slower by the products' smaller parallel grain, the same numbers.
+/// (So too with more ranks than shards, whose sums pass from rank to rank.)
 inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_mean = true,
                               Eigen::Index first = 0, Eigen::Index total = -1,
                               bool low_memory = false) {
@@ -97,24 +98,31 @@ inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_me
     for (Eigen::Index s = first; s < first + local; ++s)
       if (s * kHessianShards / total == k) acc.add(X.middleRows((s - first) * seqlen, seqlen));
   };
-  auto owner = [&](int k) { return procs.shard_owner(k, kHessianShards); };
+  // Shard k's sum: this rank's windows of it, continuing the rank before's sum when the shard
+  // spans ranks (more ranks than shards, dist.hpp); returns the rank that holds the sum.
+  auto shard = [&](q2n::HessianAccumulator& acc, int k) {
+    return procs.shard_sum(acc, k, total, kHessianShards, [&](q2n::HessianAccumulator& a) { add_windows(a, k); });
+  };
+  // One shard after the other (threads inside each window's product) with low_memory, and
+  // when a shard's sum passes between ranks (outside any parallel region, then).
+  const bool one_by_one = low_memory || procs.size() > kHessianShards;
   std::vector<q2n::HessianAccumulator> shards;
-  for (int k = 0; k < (low_memory ? 1 : kHessianShards); ++k) shards.emplace_back(X.cols());
-  if (low_memory) {
-    add_windows(shards[0], 0);
-    procs.share(shards[0], owner(0));
+  for (int k = 0; k < (one_by_one ? 1 : kHessianShards); ++k) shards.emplace_back(X.cols());
+  if (one_by_one) {
+    procs.share(shards[0], shard(shards[0], 0));
     for (int k = 1; k < kHessianShards; ++k) {
       q2n::HessianAccumulator next(X.cols());
-      add_windows(next, k);
-      procs.share(next, owner(k));
+      procs.share(next, shard(next, k));
       shards[0].merge(next);
     }
   } else {
+    // Each shard whole in one rank (no hand-on): the shards side by side, one thread each.
+    std::vector<int> owner(kHessianShards);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1)
 #endif
-    for (int k = 0; k < kHessianShards; ++k) add_windows(shards[static_cast<std::size_t>(k)], k);
-    for (int k = 0; k < kHessianShards; ++k) procs.share(shards[static_cast<std::size_t>(k)], owner(k));
+    for (int k = 0; k < kHessianShards; ++k) owner[static_cast<std::size_t>(k)] = shard(shards[static_cast<std::size_t>(k)], k);
+    for (int k = 0; k < kHessianShards; ++k) procs.share(shards[static_cast<std::size_t>(k)], owner[static_cast<std::size_t>(k)]);
     for (int k = 1; k < kHessianShards; ++k) shards[0].merge(shards[static_cast<std::size_t>(k)]);
   }
   InputStats st;
@@ -214,28 +222,39 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   if (spec.q2n && !own_basis) ns = layer_null_space(stats.abar, spec.null_space);
   Eigen::MatrixXf abar;
   if (spec.q2n && own_basis) abar = stats.abar.cast<float>();
+  // Each linear is quantized by its rank (one process: all of them), then the results go to
+  // every rank in group order (dist.hpp). A dump needs the inputs beside each result: one
+  // process only (the program refuses it with several).
+  const Processes& procs = processes();
+  std::vector<LinearRecord> done;
   for (Proj p : group) {
-    Linear& lin = L.linear(p);
     LinearRecord rec;
     rec.layer = layer;
     rec.proj = p;
-    const Eigen::MatrixXf W = lin.weight;
-    // H stays ours (a const lvalue: the quantizer converts a copy): the errors need it.
-    // Every linear its own random transforms (QuIP): the seed mixes in its place.
-    MethodSpec ls = spec;
-    ls.transform_seed = linear_transform_seed(spec.transform_seed, layer, static_cast<int>(p));
-    const q2n::NullSpace<float>* nsp = ns ? &*ns : nullptr;
-    const Eigen::MatrixXf* ab = own_basis ? &abar : nullptr;
-    rec.result = hf.size() ? quantize_linear(W, Eigen::MatrixXf(hf), nsp, ls, ab)
-                           : quantize_linear(W, stats.hessian, nsp, ls, ab);
-    if (opt.round_to) round_result_values(rec.result, *opt.round_to);
-    if (hf.size())
-      measure_errors(rec.result, HessianOutputError(W, hf));
-    else
-      measure_errors(rec.result, HessianOutputError(W, stats.hessian));
-    if (opt.on_linear) opt.on_linear(layer, p, inputs, stats, lin.weight, rec.result);
+    if (procs.linear_owner(layer, static_cast<int>(p)) == procs.rank()) {
+      const Linear& lin = L.linear(p);
+      // H stays ours (a const lvalue: the quantizer converts a copy): the errors need it.
+      // Every linear its own random transforms (QuIP): the seed mixes in its place.
+      MethodSpec ls = spec;
+      ls.transform_seed = linear_transform_seed(spec.transform_seed, layer, static_cast<int>(p));
+      const q2n::NullSpace<float>* nsp = ns ? &*ns : nullptr;
+      const Eigen::MatrixXf* ab = own_basis ? &abar : nullptr;
+      rec.result = hf.size() ? quantize_linear(lin.weight, Eigen::MatrixXf(hf), nsp, ls, ab)
+                             : quantize_linear(lin.weight, stats.hessian, nsp, ls, ab);
+      if (opt.round_to) round_result_values(rec.result, *opt.round_to);
+      if (hf.size())
+        measure_errors(rec.result, HessianOutputError(lin.weight, hf));
+      else
+        measure_errors(rec.result, HessianOutputError(lin.weight, stats.hessian));
+      if (opt.on_linear) opt.on_linear(layer, p, inputs, stats, lin.weight, rec.result);
+    }
+    done.push_back(std::move(rec));
+  }
+  for (LinearRecord& rec : done) {
+    procs.share_result(rec.result, procs.linear_owner(layer, static_cast<int>(rec.proj)));
+    Linear& lin = L.linear(rec.proj);
     if (twin) {
-      twin->linear(p).weight = rec.result.final_result().Q;
+      twin->linear(rec.proj).weight = rec.result.final_result().Q;
       lin.weight = rec.result.quantized.Q;
     } else {
       lin.weight = rec.result.final_result().Q;

@@ -1,8 +1,10 @@
 # mpirun -np 2 gives the same quantized weights and perplexities as one process, bit for bit:
 # GPTQ 3-bit and GPTQ 3-bit + Q2N on the shipped model. The single process runs on the
 # machine's default thread count, the ranks on one thread each (the results depend on neither).
-# The same for --stream, in one process and in two.
-#   cmake -DEXE=q2n_llama -DMPI_EXE=q2n_llama_mpi "-DMPIRUN=mpiexec;-n;2;..." -DOUT=... -P mpi_same.cmake
+# The same for --stream, in one process and in two; and GPTQ + Q2N in ten processes (more than
+# the eight shards of the Hessian sum: a shard's running sum passes between ranks).
+#   cmake -DEXE=q2n_llama -DMPI_EXE=q2n_llama_mpi "-DMPIRUN=mpiexec;-n;2;..."
+#         "-DMPIRUN_MANY=mpiexec;-n;10;..." -DOUT=... -P mpi_same.cmake
 set(_args --methods gptq --bits 3 --group 64 --nsamples 24 --eval-windows 37)
 file(REMOVE_RECURSE ${OUT})
 foreach(q off on)
@@ -32,6 +34,25 @@ foreach(q off on)
                   RESULT_VARIABLE differ)
   if(NOT differ EQUAL 0)
     message(FATAL_ERROR "FAIL: the quantized weights differ (--q2n ${q})")
+  endif()
+  if(q STREQUAL "on" AND MPIRUN_MANY)
+    execute_process(COMMAND ${MPIRUN_MANY} ${MPI_EXE} ${_args} --q2n ${q} --threads 1
+                            --save ${OUT}/mpi10_${q}
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE many ERROR_VARIABLE err)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "ten processes, --q2n ${q}, failed (${rc}): ${err}")
+    endif()
+    string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl_many "${many}")
+    message(STATUS "--q2n ${q}: ten processes ${ppl_many}")
+    if(NOT ppl_single STREQUAL ppl_many)
+      message(FATAL_ERROR "FAIL: the perplexities of ten processes differ")
+    endif()
+    execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files
+                            ${OUT}/single_${q}/model.safetensors ${OUT}/mpi10_${q}/model.safetensors
+                    RESULT_VARIABLE differ)
+    if(NOT differ EQUAL 0)
+      message(FATAL_ERROR "FAIL: the quantized weights of ten processes differ")
+    endif()
   endif()
   # --stream (the checkpoint read layer by layer) in one process and in two: the perplexities
   # of the in-memory run, and the same shards from both (their tensors equal the in-memory

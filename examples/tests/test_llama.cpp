@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <vector>
 
 #ifndef LLAMA_TEST_EVAL_WINDOWS
@@ -528,6 +529,82 @@ TEST_CASE("the pass records keep each layer's storage, refined when Q2N ran") {
     CHECK(Q == r.model.layers[static_cast<std::size_t>(rec.layer)].linear(rec.proj).weight);
     if (rec.result.q2n_applied()) CHECK(rec.result.refined->m.size() == Q.rows());
   }
+}
+
+TEST_CASE("a linear's result crosses between processes unchanged (wire.hpp)") {
+  // Every storage form and transform a method makes: the rebuilt result must equal the sent
+  // one exactly (the ranks of an MPI run must hold the same weights), so everything is compared
+  // for equality, and the rebuilt result's own bytes must equal the sent bytes.
+  std::mt19937 g(7);
+  std::normal_distribution<float> nd;
+  const Eigen::Index rows = 24, cols = 64, T = 16;
+  Eigen::MatrixXf W(rows, cols), X(4 * T, cols);
+  for (Eigen::Index i = 0; i < W.size(); ++i) W(i) = nd(g);
+  for (Eigen::Index i = 0; i < X.size(); ++i) X(i) = nd(g) * (1.0f + float(i % cols) / 8.0f);
+  const llama::InputStats st = llama::input_stats(X, T);
+  struct Case { llama::Method method; q2n::Incoherence incoherence; };
+  std::vector<Case> cases;
+  for (llama::Method m : llama::kAllMethods) cases.push_back({m, q2n::Incoherence::kronecker});
+  cases.push_back({llama::Method::quip, q2n::Incoherence::hadamard});
+  for (const Case& c : cases) {
+    const std::string name = llama::method_name(c.method);
+    CAPTURE(name);
+    llama::MethodSpec spec;
+    spec.method = c.method;
+    spec.groupsize = 16;
+    spec.q2n = true;
+    spec.quip_transform = c.incoherence;
+    const bool quip = c.method == llama::Method::quip;
+    const Eigen::MatrixXf abar = st.abar.cast<float>();
+    const q2n::NullSpace<float> ns = llama::layer_null_space(st.abar, spec.null_space);
+    llama::LinearResult r = llama::quantize_linear(W, st.hessian, quip ? nullptr : &ns, spec,
+                                                   quip ? &abar : nullptr);
+    llama::measure_errors(r, llama::HessianOutputError(W, st.hessian));
+    REQUIRE(r.refined.has_value());
+    llama::Wire sent;
+    llama::put(sent, r);
+    llama::Wire received(sent.bytes());
+    const llama::LinearResult b = llama::get_linear_result(received);
+    CHECK(received.consumed());
+    for (bool refined : {false, true}) {
+      const q2n::QuantResult<float>& x = refined ? *r.refined : r.quantized;
+      const q2n::QuantResult<float>& y = refined ? *b.refined : b.quantized;
+      CHECK(y.Q == x.Q);
+      CHECK(q2n::dequantize(y.storage) == x.Q);
+      CHECK(y.storage.method == x.storage.method);
+      CHECK(y.diagnostics.loss == x.diagnostics.loss);
+      CHECK(y.diagnostics.damping == x.diagnostics.damping);
+      CHECK(y.diagnostics.seconds.sweep == x.diagnostics.seconds.sweep);
+      CHECK(static_cast<bool>(y.storage.transforms.input) == quip);
+    }
+    CHECK(b.refined->m == r.refined->m);
+    CHECK(b.refined->cut.kept == r.refined->cut.kept);
+    CHECK(b.err_before == r.err_before);
+    CHECK(b.err_after == r.err_after);
+    llama::Wire again;
+    llama::put(again, b);
+    CHECK(again.bytes() == sent.bytes());
+  }
+  // A transform of a kind the format does not know travels as its dense matrix.
+  struct Flip final : q2n::OrthogonalTransform<float> {
+    Eigen::Index size() const override { return 4; }
+    void apply(Eigen::Ref<Eigen::MatrixXf> X, bool) const override { X.row(0) *= -1.0f; }
+  };
+  llama::LinearResult r;
+  r.quantized.Q = Eigen::MatrixXf::Random(3, 4);
+  r.quantized.storage = q2n::full_precision_result(r.quantized.Q).storage;
+  r.quantized.storage.transforms.input = std::make_shared<Flip>();
+  llama::Wire w;
+  llama::put(w, r);
+  const llama::LinearResult b = llama::get_linear_result(w);
+  Eigen::MatrixXf m = Eigen::MatrixXf::Identity(4, 4), want = m;
+  b.quantized.storage.transforms.input->apply(m, false);
+  want(0, 0) = -1.0f;
+  CHECK(m == want);
+  CHECK(dynamic_cast<const q2n::DenseTransform<float>*>(b.quantized.storage.transforms.input.get()));
+  // Cut bytes are refused, not read past their end.
+  llama::Wire cut(std::vector<char>(w.bytes().begin(), w.bytes().end() - 5));
+  CHECK_THROWS_AS(llama::get_linear_result(cut), std::runtime_error);
 }
 
 namespace {

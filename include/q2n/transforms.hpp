@@ -225,6 +225,8 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
 
   Eigen::Index size() const override { return n_; }
   Eigen::Index base() const { return K_; }
+  /// The K × K base matrix (±1 entries): with size() and signs() it rebuilds this transform.
+  const Matrix& table() const { return hadK_; }
   const std::vector<std::int8_t>& signs() const { return signs_; }
 
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
@@ -383,6 +385,8 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   Eigen::Index size() const override { return n_; }
   const Matrix& left() const { return a_; }
   const Matrix& right() const { return b_; }
+  const std::vector<int>& perm_in() const { return in_; }
+  const std::vector<int>& perm_out() const { return out_; }
 
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
     detail::check_transform_rows(*this, X.rows(), "q2n::KroneckerTransform::apply");
