@@ -105,10 +105,39 @@ inline Matrix attention_core(const DecoderLayer& L, const Config& c, const Rope&
 /// silu(gate(x)) ⊙ up(x): the input of down_proj (formed in gate(x)'s buffer: two
 /// tokens × intermediate buffers at a time, not three).
 inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& xn) {
-  Matrix g, u;
+  Matrix g;
   L.gate.apply(xn, g);
-  L.up.apply(xn, u);
-  g.array() = (g.array() / (1.0f + (-g.array()).exp())) * u.array();
+  auto silu_times = [](auto&& gate, const auto& up) {
+    gate.array() = (gate.array() / (1.0f + (-gate.array()).exp())) * up.array();
+  };
+  if (g.rows() <= g.cols()) {
+    Matrix u;
+    L.up.apply(xn, u);
+    silu_times(g, u);
+    return g;
+  }
+  // up(xn) a panel of rows at a time, each multiplied into g at once: one intermediate-sized
+  // matrix instead of two (this runs on models that fill the memory, streaming.hpp). The
+  // panels are panel_product's own (rows > cols: kPanel rows each, one product per panel, one
+  // thread per panel), so every value is the one L.up.apply would give.
+  const Eigen::Index n = g.rows(), panels = (n + q2n::detail::kPanel - 1) / q2n::detail::kPanel;
+  const auto Wt = L.up.weight.transpose();
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+  {
+    Matrix u;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Eigen::Index p = 0; p < panels; ++p) {
+      const Eigen::Index a = p * q2n::detail::kPanel, rows = std::min(q2n::detail::kPanel, n - a);
+      u.resize(rows, g.cols());
+      u.noalias() = 1.0f * (xn.middleRows(a, rows) * Wt);
+      if (L.up.has_bias()) u.rowwise() += L.up.bias.transpose();
+      silu_times(g.middleRows(a, rows), u);
+    }
+  }
   return g;
 }
 

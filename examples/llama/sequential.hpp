@@ -76,6 +76,8 @@ struct InputStats {
   Eigen::MatrixXd hessian;  ///< H = (2/N) Σ x xᵀ over all S·T tokens
   Eigen::MatrixXd abar;     ///< Ā (T × cols): per-position mean over the S windows (empty
                             ///< when not requested)
+  Eigen::MatrixXf hessian_float;  ///< low_memory: H in float (= hessian.cast<float>()), which is
+                                  ///< then left empty
 };
 
 /// H and Ā of X, windows of `seqlen` rows: the windows [first, first + X.rows()/seqlen) of
@@ -85,9 +87,10 @@ struct InputStats {
 /// windows in order (only when `with_mean`: Q2N needs it, the quantizers do not). In an MPI
 /// run every rank calls this with its own windows and gets the statistics of all of them
 /// (dist.hpp). `low_memory`: the shards are summed one after the other (threads inside each
-/// window's product) instead of side by side (one thread per shard): two cols² sums in memory
-/// instead of kHessianShards, slower by the products' smaller parallel grain, the same numbers.
-/// (So too with more ranks than shards, whose sums pass from rank to rank.)
+/// window's product) instead of side by side (one thread per shard), their running total kept
+/// as its lower triangle only, and H returned in float (hessian_float): a cols² sum and a half
+/// in memory instead of kHessianShards, the same numbers. (The shards are summed one after the
+/// other with more ranks than shards too, whose sums pass from rank to rank.)
 inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_mean = true,
                               Eigen::Index first = 0, Eigen::Index total = -1,
                               bool low_memory = false) {
@@ -107,8 +110,34 @@ inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_me
   // when a shard's sum passes between ranks (outside any parallel region, then).
   const bool one_by_one = low_memory || procs.size() > kHessianShards;
   std::vector<q2n::HessianAccumulator> shards;
-  for (int k = 0; k < (one_by_one ? 1 : kHessianShards); ++k) shards.emplace_back(X.cols());
-  if (one_by_one) {
+  for (int k = 0; k < (low_memory ? 0 : one_by_one ? 1 : kHessianShards); ++k) shards.emplace_back(X.cols());
+  InputStats st;
+  if (low_memory) {
+    // The running total Σ shards as its packed lower triangle (the accumulators' only
+    // meaningful part), added to element by element as merge() adds: the same values.
+    const Eigen::Index n = X.cols();
+    std::vector<double> total(static_cast<std::size_t>(n * (n + 1) / 2), 0.0);
+    std::int64_t tokens = 0;
+    for (int k = 0; k < kHessianShards; ++k) {
+      q2n::HessianAccumulator next(n);
+      procs.share(next, shard(next, k));
+      const Eigen::MatrixXd& sum = next.sum();
+      double* t = total.data();
+      for (Eigen::Index j = 0; j < n; ++j)
+        for (Eigen::Index i = j; i < n; ++i) *t++ += sum(i, j);
+      tokens += next.tokens();
+    }
+    // H in float from the packed total, as hessian().cast<float>() of the merged sum.
+    if (tokens == 0) fail("llama::input_stats: no calibration tokens");
+    const double scale = 2.0 / static_cast<double>(tokens);
+    st.hessian_float.resize(n, n);
+    const double* t = total.data();
+    for (Eigen::Index j = 0; j < n; ++j)
+      for (Eigen::Index i = j; i < n; ++i, ++t)
+        st.hessian_float(i, j) = st.hessian_float(j, i) = static_cast<float>(*t * scale);
+    if (!st.hessian_float.allFinite())
+      fail("llama::input_stats: H = (2/N) Σ x xᵀ exceeds float's range; scale the activations down");
+  } else if (one_by_one) {
     procs.share(shards[0], shard(shards[0], 0));
     for (int k = 1; k < kHessianShards; ++k) {
       q2n::HessianAccumulator next(X.cols());
@@ -125,8 +154,7 @@ inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_me
     for (int k = 0; k < kHessianShards; ++k) procs.share(shards[static_cast<std::size_t>(k)], owner[static_cast<std::size_t>(k)]);
     for (int k = 1; k < kHessianShards; ++k) shards[0].merge(shards[static_cast<std::size_t>(k)]);
   }
-  InputStats st;
-  st.hessian = shards[0].hessian();
+  if (!low_memory) st.hessian = shards[0].hessian();
   if (with_mean)
     st.abar = procs.ordered_mean(seqlen, X.cols(), [&](q2n::SampleMeanAccumulator& mean) {
       if (local > 0) mean.add_sequences(X, seqlen);
@@ -155,9 +183,9 @@ struct PassOptions {
   /// the pass then evaluates, and calibrates later layers on, exactly what an export holds.
   std::optional<q2n::ValuePrecision> round_to;
   /// Hold less at once, for models that fill the machine's memory (streaming.hpp): the
-  /// statistics' shards are summed one at a time (input_stats), and H goes to the quantizers
-  /// in float with the double H released (the same weights; the errors are then measured from
-  /// the float H). Slower.
+  /// statistics' shards are summed one at a time into a packed triangle and H is formed in
+  /// float only, the type the quantizers work in (input_stats; the same weights, the errors
+  /// then measured from the float H). Slower.
   bool low_memory = false;
   /// Called after each layer ("layer i of n") for progress output.
   std::function<void(int layer, int layers)> on_layer;
@@ -203,16 +231,12 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   MethodSpec spec = opt.spec;
   if (is_down && !opt.q2n_down_proj) spec.q2n = false;
   const auto t0 = std::chrono::steady_clock::now();
+  // Low memory: H comes in float, the type the quantizers convert it to anyway (the same
+  // weights), and goes to them one copy at a time; the errors are then measured from the float
+  // H (a relative difference of ~1e-7 in the reported errors). A dump needs the double H.
   InputStats stats = input_stats(inputs, calib.seqlen, spec.q2n || opt.on_linear != nullptr,
-                                 calib.first, calib.total, opt.low_memory);
-  // Low memory: H goes to the quantizers in float, the type they convert it to anyway (the
-  // same weights), one copy at a time, and the double H is released; the errors are then
-  // measured from the float H (a relative difference of ~1e-7 in the reported errors).
-  Eigen::MatrixXf hf;
-  if (opt.low_memory && !opt.on_linear) {
-    hf = stats.hessian.cast<float>();
-    stats.hessian = Eigen::MatrixXd();
-  }
+                                 calib.first, calib.total, opt.low_memory && !opt.on_linear);
+  Eigen::MatrixXf hf = std::move(stats.hessian_float);
   times.statistics += seconds_since(t0);
   const auto t1 = std::chrono::steady_clock::now();
   // One null space per group: the members share their inputs. QuIP refines in each linear's

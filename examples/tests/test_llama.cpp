@@ -531,6 +531,35 @@ TEST_CASE("the pass records keep each layer's storage, refined when Q2N ran") {
   }
 }
 
+TEST_CASE("SwiGLU formed panel by panel equals the two whole products, bit for bit") {
+  // mlp_activation multiplies up(xn) into gate(xn) a panel of rows at a time; the panels are
+  // panel_product's, so nothing may change in the last bit. Row counts below, at and above one
+  // panel, a ragged last panel, and an up projection with a bias.
+  llama_test::TinySpec t;
+  t.hidden = 48;
+  t.intermediate = 40;
+  llama::Model m = llama_test::make_tiny_model(t);
+  llama::DecoderLayer& L = m.layers[0];
+  std::mt19937 g(3);
+  std::normal_distribution<float> nd;
+  for (bool bias : {false, true}) {
+    if (bias) {
+      L.up.bias.resize(t.intermediate);
+      for (Eigen::Index i = 0; i < L.up.bias.size(); ++i) L.up.bias(i) = nd(g);
+    }
+    for (Eigen::Index rows : {Eigen::Index{30}, Eigen::Index{256}, Eigen::Index{700}}) {
+      CAPTURE(rows);
+      llama::Matrix xn(rows, t.hidden);
+      for (Eigen::Index i = 0; i < xn.size(); ++i) xn(i) = nd(g);
+      llama::Matrix gate, up;
+      L.gate.apply(xn, gate);
+      L.up.apply(xn, up);
+      const llama::Matrix want = (gate.array() / (1.0f + (-gate.array()).exp())) * up.array();
+      CHECK(llama::mlp_activation(L, xn) == want);
+    }
+  }
+}
+
 TEST_CASE("a linear's result crosses between processes unchanged (wire.hpp)") {
   // Every storage form and transform a method makes: the rebuilt result must equal the sent
   // one exactly (the ranks of an MPI run must hold the same weights), so everything is compared
