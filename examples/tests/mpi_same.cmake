@@ -6,6 +6,26 @@
 #   cmake -DEXE=q2n_llama -DMPI_EXE=q2n_llama_mpi "-DMPIRUN=mpiexec;-n;2;..."
 #         "-DMPIRUN_MANY=mpiexec;-n;10;..." -DOUT=... -P mpi_same.cmake
 set(_args --methods gptq --bits 3 --group 64 --nsamples 24 --eval-windows 37)
+# Runs ARGN with _args, --q2n q and --save OUT/name; checks that it gives the single process's
+# perplexities (ppl_single) and saved weights.
+function(expect_single name what q)
+  execute_process(COMMAND ${ARGN} ${_args} --q2n ${q} --save ${OUT}/${name}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${what}, --q2n ${q}, failed (${rc}): ${err}")
+  endif()
+  string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl "${out}")
+  message(STATUS "--q2n ${q}: ${what} ${ppl}")
+  if(NOT ppl_single STREQUAL ppl)
+    message(FATAL_ERROR "FAIL: the perplexities of ${what} differ")
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files
+                          ${OUT}/single_${q}/model.safetensors ${OUT}/${name}/model.safetensors
+                  RESULT_VARIABLE differ)
+  if(NOT differ EQUAL 0)
+    message(FATAL_ERROR "FAIL: the quantized weights of ${what} differ (--q2n ${q})")
+  endif()
+endfunction()
 file(REMOVE_RECURSE ${OUT})
 foreach(q off on)
   execute_process(COMMAND ${EXE} ${_args} --q2n ${q} --save ${OUT}/single_${q}
@@ -13,46 +33,15 @@ foreach(q off on)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "one process, --q2n ${q}, failed (${rc}): ${err}")
   endif()
-  execute_process(COMMAND ${MPIRUN} ${MPI_EXE} ${_args} --q2n ${q} --threads 1
-                          --save ${OUT}/mpi_${q}
-                  RESULT_VARIABLE rc OUTPUT_VARIABLE mpi ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "two processes, --q2n ${q}, failed (${rc}): ${err}")
-  endif()
   string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl_single "${single}")
-  string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl_mpi "${mpi}")
-  message(STATUS "--q2n ${q}: one process ${ppl_single}; two ${ppl_mpi}")
+  message(STATUS "--q2n ${q}: one process ${ppl_single}")
   list(LENGTH ppl_single n)
   if(NOT n EQUAL 2)
     message(FATAL_ERROR "expected the float and the gptq perplexity, got: ${single}")
   endif()
-  if(NOT ppl_single STREQUAL ppl_mpi)
-    message(FATAL_ERROR "FAIL: the perplexities differ")
-  endif()
-  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files
-                          ${OUT}/single_${q}/model.safetensors ${OUT}/mpi_${q}/model.safetensors
-                  RESULT_VARIABLE differ)
-  if(NOT differ EQUAL 0)
-    message(FATAL_ERROR "FAIL: the quantized weights differ (--q2n ${q})")
-  endif()
+  expect_single(mpi_${q} "two processes" ${q} ${MPIRUN} ${MPI_EXE} --threads 1)
   if(q STREQUAL "on" AND MPIRUN_MANY)
-    execute_process(COMMAND ${MPIRUN_MANY} ${MPI_EXE} ${_args} --q2n ${q} --threads 1
-                            --save ${OUT}/mpi10_${q}
-                    RESULT_VARIABLE rc OUTPUT_VARIABLE many ERROR_VARIABLE err)
-    if(NOT rc EQUAL 0)
-      message(FATAL_ERROR "ten processes, --q2n ${q}, failed (${rc}): ${err}")
-    endif()
-    string(REGEX MATCHALL "\"ppl\":[0-9.e+-]+" ppl_many "${many}")
-    message(STATUS "--q2n ${q}: ten processes ${ppl_many}")
-    if(NOT ppl_single STREQUAL ppl_many)
-      message(FATAL_ERROR "FAIL: the perplexities of ten processes differ")
-    endif()
-    execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files
-                            ${OUT}/single_${q}/model.safetensors ${OUT}/mpi10_${q}/model.safetensors
-                    RESULT_VARIABLE differ)
-    if(NOT differ EQUAL 0)
-      message(FATAL_ERROR "FAIL: the quantized weights of ten processes differ")
-    endif()
+    expect_single(mpi10_${q} "ten processes" ${q} ${MPIRUN_MANY} ${MPI_EXE} --threads 1)
   endif()
   # --stream (the checkpoint read layer by layer) in one process and in two: the perplexities
   # of the in-memory run, and the same shards from both (their tensors equal the in-memory
