@@ -368,33 +368,20 @@ struct QuietUnlessRoot {
   }
 };
 
-#ifdef Q2N_LLAMA_MPI
-struct Mpi {
-  Mpi(int& argc, char**& argv) { MPI_Init(&argc, &argv); }
-  ~Mpi() { MPI_Finalize(); }
-  // A failed rank ends the job: the others may be waiting for it in a collective.
-  [[noreturn]] static void abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); std::exit(code); }
-};
-#endif
-
 int fail_with(QuietUnlessRoot& quiet, const std::exception& e, int code) {
   quiet.restore_stderr();
   const llama::Processes& procs = llama::processes();
   std::string message = "error: ";
   if (!procs.root()) message += "(process " + std::to_string(procs.rank()) + ") ";
   std::cerr << message + e.what() + "\n" << std::flush;  // one write: ranks share the terminal
-#ifdef Q2N_LLAMA_MPI
-  if (llama::processes().size() > 1) Mpi::abort(code);
-#endif
+  if (procs.size() > 1) llama::transport::abort(code);
   return code;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-#ifdef Q2N_LLAMA_MPI
-  Mpi mpi(argc, argv);
-#endif
+  llama::transport::Session session(argc, argv);
   QuietUnlessRoot quiet;
   try {
     return run(argc, argv);

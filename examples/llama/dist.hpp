@@ -20,8 +20,11 @@
 /// So the weights and the perplexities are bit-identical for any N. Forward passes and
 /// statistics are divided by N, the quantizers of a group by up to its size (3, 1, 2, 1).
 ///
-/// Without Q2N_LLAMA_MPI everything here is the single process's trivial case.
+/// The messages themselves go through `transport` (transport.hpp), defined once per program:
+/// dist_one.cpp (q2n_llama, the tests: one process, nothing to send) or dist_mpi.cpp
+/// (q2n_llama_mpi, the only file that includes mpi.h). Everything else is compiled once for both.
 
+#include "transport.hpp"
 #include "wire.hpp"
 
 #include <q2n/accumulators.hpp>
@@ -34,25 +37,13 @@
 #include <utility>
 #include <vector>
 
-#ifdef Q2N_LLAMA_MPI
-#include <mpi.h>
-#endif
-
 namespace llama {
+
 
 /// Rank and size of the run (0 and 1 for a single process).
 class Processes {
  public:
-  Processes() {
-#ifdef Q2N_LLAMA_MPI
-    int initialized = 0;
-    MPI_Initialized(&initialized);
-    if (initialized) {
-      MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-      MPI_Comm_size(MPI_COMM_WORLD, &size_);
-    }
-#endif
-  }
+  Processes() : rank_(transport::rank()), size_(transport::size()) {}
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -85,13 +76,9 @@ class Processes {
     }
     if (lo < 0) return 0;  // no windows: every rank's sum is the empty one
     if (rank_ < lo || rank_ > hi) return hi;
-#ifdef Q2N_LLAMA_MPI
-    if (rank_ > lo) receive(acc, rank_ - 1, k);
-#endif
+    if (rank_ > lo) receive(acc, rank_ - 1, kShardTags + 2 * k);
     add(acc);
-#ifdef Q2N_LLAMA_MPI
-    if (rank_ < hi) send(acc, rank_ + 1, k);
-#endif
+    if (rank_ < hi) send(acc, rank_ + 1, kShardTags + 2 * k);
     return hi;
   }
 
@@ -100,17 +87,12 @@ class Processes {
 
   /// Gives every rank `owner`'s accumulator.
   void share(q2n::HessianAccumulator& acc, int owner) const {
-#ifdef Q2N_LLAMA_MPI
     if (size_ == 1) return;
     Eigen::MatrixXd sum = acc.sum();
     std::int64_t tokens = acc.tokens();
-    MPI_Bcast(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, owner, MPI_COMM_WORLD);
-    MPI_Bcast(&tokens, 1, MPI_INT64_T, owner, MPI_COMM_WORLD);
+    broadcast(sum, owner);
+    transport::broadcast(&tokens, sizeof tokens, owner);
     acc = q2n::HessianAccumulator::from_sum(std::move(sum), tokens);
-#else
-    (void)acc;
-    (void)owner;
-#endif
   }
 
   /// The rank that quantizes linear `index` (0…6 in the order q, k, v, o, up, gate, down) of
@@ -121,25 +103,17 @@ class Processes {
 
   /// Gives every rank `owner`'s result (the others' `r` is replaced).
   void share_result(LinearResult& r, int owner) const {
-#ifdef Q2N_LLAMA_MPI
     if (size_ == 1) return;
     Wire w;
     if (rank_ == owner) put(w, r);
     auto bytes = static_cast<std::uint64_t>(w.bytes().size());
-    MPI_Bcast(&bytes, 1, MPI_UINT64_T, owner, MPI_COMM_WORLD);
+    transport::broadcast(&bytes, sizeof bytes, owner);
     w.bytes().resize(static_cast<std::size_t>(bytes));
-    constexpr std::uint64_t kPiece = std::uint64_t{1} << 30;  // MPI counts are int
-    for (std::uint64_t at = 0; at < bytes; at += kPiece)
-      MPI_Bcast(w.bytes().data() + at, static_cast<int>(std::min(kPiece, bytes - at)), MPI_BYTE,
-                owner, MPI_COMM_WORLD);
+    transport::broadcast(w.bytes().data(), w.bytes().size(), owner);
     if (rank_ != owner) {
       r = get_linear_result(w);
       if (!w.consumed()) throw std::runtime_error("llama::Processes::share_result: bytes left over");
     }
-#else
-    (void)r;
-    (void)owner;
-#endif
   }
 
   /// Ā over all ranks' windows in window order: rank r takes the running sum from rank r−1,
@@ -148,52 +122,43 @@ class Processes {
   template <class Add>
   q2n::SampleMeanAccumulator ordered_mean(Eigen::Index seqlen, Eigen::Index cols, Add&& add) const {
     q2n::SampleMeanAccumulator acc(cols);
-#ifdef Q2N_LLAMA_MPI
-    if (size_ > 1) {
-      Eigen::MatrixXd sum(seqlen, cols);
-      std::int64_t samples = 0;
-      if (rank_ > 0) {
-        MPI_Recv(&samples, 1, MPI_INT64_T, rank_ - 1, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-        MPI_Recv(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, rank_ - 1, 1,
-                 MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-        if (samples > 0) acc = q2n::SampleMeanAccumulator::from_sum(cols, sum, samples);
-      }
+    if (size_ == 1) {
       add(acc);
-      samples = acc.samples();
-      if (samples > 0) sum = acc.sum();
-      if (rank_ + 1 < size_) {
-        MPI_Send(&samples, 1, MPI_INT64_T, rank_ + 1, 0, MPI_COMM_WORLD);
-        MPI_Send(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, rank_ + 1, 1, MPI_COMM_WORLD);
-      }
-      MPI_Bcast(&samples, 1, MPI_INT64_T, size_ - 1, MPI_COMM_WORLD);
-      MPI_Bcast(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, size_ - 1, MPI_COMM_WORLD);
-      return samples > 0 ? q2n::SampleMeanAccumulator::from_sum(cols, std::move(sum), samples)
-                         : q2n::SampleMeanAccumulator(cols);
+      return acc;
     }
-#endif
-    (void)seqlen;
+    Eigen::MatrixXd sum(seqlen, cols);
+    std::int64_t samples = 0;
+    if (rank_ > 0) {
+      transport::receive(&samples, sizeof samples, rank_ - 1, kMeanTags);
+      transport::receive(sum.data(), bytes_of(sum), rank_ - 1, kMeanTags + 1);
+      if (samples > 0) acc = q2n::SampleMeanAccumulator::from_sum(cols, sum, samples);
+    }
     add(acc);
-    return acc;
+    samples = acc.samples();
+    if (samples > 0) sum = acc.sum();
+    if (rank_ + 1 < size_) {
+      transport::send(&samples, sizeof samples, rank_ + 1, kMeanTags);
+      transport::send(sum.data(), bytes_of(sum), rank_ + 1, kMeanTags + 1);
+    }
+    transport::broadcast(&samples, sizeof samples, size_ - 1);
+    broadcast(sum, size_ - 1);
+    return samples > 0 ? q2n::SampleMeanAccumulator::from_sum(cols, std::move(sum), samples)
+                       : q2n::SampleMeanAccumulator(cols);
   }
 
   /// All n values in order, each rank contributing its block(n) (`mine`).
   std::vector<double> gather(const std::vector<double>& mine, std::int64_t n) const {
-#ifdef Q2N_LLAMA_MPI
-    if (size_ > 1) {
-      std::vector<int> counts(static_cast<std::size_t>(size_)), offsets(counts.size());
-      for (int r = 0; r < size_; ++r) {
-        const auto [first, last] = block_of(r, n);
-        counts[static_cast<std::size_t>(r)] = static_cast<int>(last - first);
-        offsets[static_cast<std::size_t>(r)] = static_cast<int>(first);
-      }
-      std::vector<double> all(static_cast<std::size_t>(n));
-      MPI_Allgatherv(mine.data(), static_cast<int>(mine.size()), MPI_DOUBLE, all.data(),
-                     counts.data(), offsets.data(), MPI_DOUBLE, MPI_COMM_WORLD);
-      return all;
+    if (size_ == 1) return mine;
+    std::vector<int> counts(static_cast<std::size_t>(size_)), offsets(counts.size());
+    for (int r = 0; r < size_; ++r) {
+      const auto [first, last] = block_of(r, n);
+      counts[static_cast<std::size_t>(r)] = static_cast<int>(last - first);
+      offsets[static_cast<std::size_t>(r)] = static_cast<int>(first);
     }
-#endif
-    (void)n;
-    return mine;
+    std::vector<double> all(static_cast<std::size_t>(n));
+    transport::all_gather(mine.data(), static_cast<int>(mine.size()), all.data(), counts.data(),
+                          offsets.data());
+    return all;
   }
 
  private:
@@ -209,22 +174,25 @@ class Processes {
     return first < last ? std::make_pair(first, last) : std::make_pair(Eigen::Index{0}, Eigen::Index{0});
   }
 
-#ifdef Q2N_LLAMA_MPI
+  // Message tags: Ā's running sum (ordered_mean) and shard k's (shard_sum) never share one.
+  static constexpr int kMeanTags = 0, kShardTags = 2;
+
+  static std::size_t bytes_of(const Eigen::MatrixXd& m) {
+    return static_cast<std::size_t>(m.size()) * sizeof(double);
+  }
+  static void broadcast(Eigen::MatrixXd& m, int root) { transport::broadcast(m.data(), bytes_of(m), root); }
   static void send(const q2n::HessianAccumulator& acc, int to, int tag) {
-    const Eigen::MatrixXd& sum = acc.sum();
     const std::int64_t tokens = acc.tokens();
-    MPI_Send(&tokens, 1, MPI_INT64_T, to, 2 * tag, MPI_COMM_WORLD);
-    MPI_Send(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, to, 2 * tag + 1, MPI_COMM_WORLD);
+    transport::send(&tokens, sizeof tokens, to, tag);
+    transport::send(acc.sum().data(), bytes_of(acc.sum()), to, tag + 1);
   }
   static void receive(q2n::HessianAccumulator& acc, int from, int tag) {
     Eigen::MatrixXd sum(acc.sum().rows(), acc.sum().cols());
     std::int64_t tokens = 0;
-    MPI_Recv(&tokens, 1, MPI_INT64_T, from, 2 * tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    MPI_Recv(sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, from, 2 * tag + 1,
-             MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    transport::receive(&tokens, sizeof tokens, from, tag);
+    transport::receive(sum.data(), bytes_of(sum), from, tag + 1);
     acc = q2n::HessianAccumulator::from_sum(std::move(sum), tokens);
   }
-#endif
 
   // Rank r's block of n items.
   std::pair<std::int64_t, std::int64_t> block_of(int r, std::int64_t n) const {
@@ -237,7 +205,7 @@ class Processes {
   int size_ = 1;
 };
 
-/// The run's processes (MPI must be initialized before the first call).
+/// The run's processes (the transport::Session must be open before the first call).
 inline const Processes& processes() {
   static const Processes p;
   return p;
