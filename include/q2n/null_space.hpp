@@ -314,17 +314,18 @@ class NullSpace {
     const double floor_rel = 10 * std::sqrt(nd) * eps;
     const Eigen::Index block = std::clamp<Eigen::Index>(n / 16, 4, 32);
     Matrix through;  // Ā x or Āᵀ x, the implicit product's intermediate
-    const auto implicit = [&](const auto& x, auto&& y) {
-      if (gram) {
+    // M x by the formed matrix once there is one, else through Ā (one instantiation of the
+    // Krylov iteration for both).
+    const auto apply = [&](const auto& x, auto&& y) {
+      if (small.size()) {
+        y.noalias() = small.template selfadjointView<Eigen::Lower>() * x;
+      } else if (gram) {
         through.noalias() = a.transpose() * x;
         y.noalias() = a * through;
       } else {
         through.noalias() = a * x;
         y.noalias() = a.transpose() * through;
       }
-    };
-    const auto explicit_ = [&](const auto& x, auto&& y) {
-      y.noalias() = small.template selfadjointView<Eigen::Lower>() * x;
     };
     Eigen::Index width = 0, last_known = 0;
     Eigen::VectorXd last_theta;
@@ -334,8 +335,7 @@ class NullSpace {
       const double w = static_cast<double>(width);
       if (small.size() == 0 && nd * nd * big / 2 + nd * nd * w < 2 * nd * big * w)
         small = product_matrix<Scalar>(a, gram);
-      const auto ritz = small.size() ? detail::block_krylov<Scalar>(n, explicit_, block, blocks)
-                                     : detail::block_krylov<Scalar>(n, implicit, block, blocks);
+      const auto ritz = detail::block_krylov<Scalar>(n, apply, block, blocks);
       if (!ritz.ok) break;
       const Eigen::VectorXd theta = ritz.values.cwiseMax(0.0);
       Eigen::Index known = 0;
