@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages q2n builds, tests and benchmarks with; a no-op when all are present.
 set -euo pipefail
-packages=(g++ cmake make libeigen3-dev libxsimd-dev nlohmann-json3-dev doctest-dev libbenchmark-dev
+packages=(g++ cmake make ninja-build libeigen3-dev libxsimd-dev nlohmann-json3-dev doctest-dev libbenchmark-dev
           clang libclang-rt-14-dev libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do

@@ -5,7 +5,7 @@
 # the eight shards of the Hessian sum: a shard's running sum passes between ranks).
 #   cmake -DEXE=q2n_llama -DMPI_EXE=q2n_llama_mpi "-DMPIRUN=mpiexec;-n;2;..."
 #         "-DMPIRUN_MANY=mpiexec;-n;10;..." -DOUT=... -P mpi_same.cmake
-set(_args --methods gptq --bits 3 --group 64 --nsamples 24 --eval-windows 37)
+set(_args --methods gptq --bits 3 --group 64 --nsamples 16 --eval-windows 19)
 # Runs ARGN with _args, --q2n q and --save OUT/name; checks that it gives the single process's
 # perplexities (ppl_single) and saved weights.
 function(expect_single name what q)
