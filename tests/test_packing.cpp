@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using q2n::IntCodes;
@@ -102,21 +104,8 @@ IntCodes code_rows(Eigen::Index rows, Eigen::Index cols,
   return c;
 }
 
-template <class E, class F>
-std::string thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("<wrong exception type: ") + e.what() + ">";
-  }
-  return "<no exception>";
-}
-
-bool has(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
+using q2n_test::has;
+using q2n_test::thrown;
 
 }  // namespace
 

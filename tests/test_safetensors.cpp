@@ -52,21 +52,8 @@ std::string file_bytes(const std::string& header, const std::string& data) {
   return le64(header.size()) + header + data;
 }
 
-template <class E, class F>
-std::string thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("<wrong exception type: ") + e.what() + ">";
-  }
-  return "<no exception>";
-}
-
-bool has(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
+using q2n_test::has;
+using q2n_test::thrown;
 
 // Values of `dtype` that are exactly representable in it, extremes included (as doubles; the
 // 64-bit integer extremes are tested separately with add_flat).

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -23,6 +24,25 @@
 #endif
 
 namespace q2n_test {
+
+/// The message of the E that f() throws ("<no exception>", or the message marked as of the
+/// wrong type, when it throws none or another).
+template <class E, class F>
+std::string thrown(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("<wrong exception type: ") + e.what() + ">";
+  }
+  return "<no exception>";
+}
+
+/// Whether `text` contains `part`.
+inline bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 inline std::string data_path(const std::string& rel) { return std::string(Q2N_TEST_DATA_DIR) + "/" + rel; }
 
