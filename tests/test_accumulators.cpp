@@ -172,7 +172,7 @@ TEST_CASE("Accumulators: float results out of float's range are reported, not re
                        q2n::NumericalError);
 }
 
-TEST_CASE("Accumulators rebuilt from sum() continue exactly as the originals (another process)") {
+TEST_CASE("Accumulators rebuilt from their sums continue exactly as the originals (another process)") {
   std::mt19937 rng(21);
   std::normal_distribution<float> nd;
   const auto batch = [&](Eigen::Index rows) {
@@ -185,7 +185,8 @@ TEST_CASE("Accumulators rebuilt from sum() continue exactly as the originals (an
   whole.add(a);
   whole.add(b);
   first.add(a);
-  q2n::HessianAccumulator next = q2n::HessianAccumulator::from_sum(first.sum(), first.tokens());
+  q2n::HessianAccumulator next =
+      q2n::HessianAccumulator::from_packed_sum(40, first.packed_sum(), first.tokens());
   next.add(b);
   CHECK(next.tokens() == whole.tokens());
   CHECK(next.hessian() == whole.hessian());
@@ -203,15 +204,37 @@ TEST_CASE("Accumulators rebuilt from sum() continue exactly as the originals (an
   empty.add_sequences(b, 16);
   CHECK(empty.seqlen() == 16);
   // Inconsistent states are refused, naming the argument.
-  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator::from_sum(Eigen::MatrixXd(3, 4), 1),
-                       doctest::Contains("sum is 3 x 4"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator::from_sum(Eigen::MatrixXd::Zero(3, 3), -1),
+  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator::from_packed_sum(3, Eigen::VectorXd(9), 1),
+                       doctest::Contains("packed has 9 entries but cols = 3 needs 6"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(q2n::HessianAccumulator::from_packed_sum(3, Eigen::VectorXd::Zero(6), -1),
                        doctest::Contains("tokens = -1 must be non-negative"), std::invalid_argument);
-  Eigen::MatrixXd nan = Eigen::MatrixXd::Zero(3, 3);
-  nan(1, 0) = std::nan("");
-  CHECK_THROWS_AS(q2n::HessianAccumulator::from_sum(nan, 4), std::invalid_argument);
+  Eigen::VectorXd nan = Eigen::VectorXd::Zero(6);
+  nan(1) = std::nan("");
+  CHECK_THROWS_AS(q2n::HessianAccumulator::from_packed_sum(3, nan, 4), std::invalid_argument);
   CHECK_THROWS_WITH_AS(q2n::SampleMeanAccumulator::from_sum(40, Eigen::MatrixXd::Zero(8, 40), 0),
                        doctest::Contains("samples = 0 with a 8 x 40 sum"), std::invalid_argument);
   CHECK_THROWS_AS(q2n::SampleMeanAccumulator::from_sum(40, Eigen::MatrixXd::Zero(8, 39), 2),
                   std::invalid_argument);
+}
+
+TEST_CASE("HessianAccumulator keeps Σ x xᵀ as its packed lower triangle, as documented") {
+  // Small integers: every product and sum below is exact in float and in double, so the
+  // packed entries must equal the brute-force double XᵀX exactly. 600 columns: more than one
+  // 512-column panel of add().
+  const Eigen::Index cols = 600;
+  Eigen::MatrixXf x(7, cols);
+  for (Eigen::Index t = 0; t < x.rows(); ++t)
+    for (Eigen::Index c = 0; c < cols; ++c) x(t, c) = float((t * 31 + c * 17) % 9) - 4.f;
+  q2n::HessianAccumulator acc(cols);
+  acc.add(x.topRows(3));
+  acc.add(x.bottomRows(4));
+  const Eigen::MatrixXd want = x.cast<double>().transpose() * x.cast<double>();
+  REQUIRE(acc.packed_sum().size() == cols * (cols + 1) / 2);
+  Eigen::Index mismatches = 0;
+  for (Eigen::Index j = 0; j < cols; ++j)
+    for (Eigen::Index i = j; i < cols; ++i)
+      mismatches += acc.packed_sum()(j * cols - j * (j - 1) / 2 + i - j) != want(i, j);
+  CHECK(mismatches == 0);
+  CHECK(acc.hessian() == want * (2.0 / 7.0));
 }

@@ -88,11 +88,11 @@ class Processes {
   /// Gives every rank `owner`'s accumulator.
   void share(q2n::HessianAccumulator& acc, int owner) const {
     if (size_ == 1) return;
-    Eigen::MatrixXd sum = acc.sum();
+    Eigen::VectorXd sum = acc.packed_sum();
     std::int64_t tokens = acc.tokens();
     broadcast(sum, owner);
     transport::broadcast(&tokens, sizeof tokens, owner);
-    acc = q2n::HessianAccumulator::from_sum(std::move(sum), tokens);
+    acc = q2n::HessianAccumulator::from_packed_sum(acc.cols(), std::move(sum), tokens);
   }
 
   /// The rank that quantizes linear `index` (0…6 in the order q, k, v, o, up, gate, down) of
@@ -177,21 +177,23 @@ class Processes {
   // Message tags: Ā's running sum (ordered_mean) and shard k's (shard_sum) never share one.
   static constexpr int kMeanTags = 0, kShardTags = 2;
 
-  static std::size_t bytes_of(const Eigen::MatrixXd& m) {
+  template <class M>
+  static std::size_t bytes_of(const M& m) {
     return static_cast<std::size_t>(m.size()) * sizeof(double);
   }
-  static void broadcast(Eigen::MatrixXd& m, int root) { transport::broadcast(m.data(), bytes_of(m), root); }
+  template <class M>
+  static void broadcast(M& m, int root) { transport::broadcast(m.data(), bytes_of(m), root); }
   static void send(const q2n::HessianAccumulator& acc, int to, int tag) {
     const std::int64_t tokens = acc.tokens();
     transport::send(&tokens, sizeof tokens, to, tag);
-    transport::send(acc.sum().data(), bytes_of(acc.sum()), to, tag + 1);
+    transport::send(acc.packed_sum().data(), bytes_of(acc.packed_sum()), to, tag + 1);
   }
   static void receive(q2n::HessianAccumulator& acc, int from, int tag) {
-    Eigen::MatrixXd sum(acc.sum().rows(), acc.sum().cols());
+    Eigen::VectorXd sum(acc.packed_sum().size());
     std::int64_t tokens = 0;
     transport::receive(&tokens, sizeof tokens, from, tag);
     transport::receive(sum.data(), bytes_of(sum), from, tag + 1);
-    acc = q2n::HessianAccumulator::from_sum(std::move(sum), tokens);
+    acc = q2n::HessianAccumulator::from_packed_sum(acc.cols(), std::move(sum), tokens);
   }
 
   // Rank r's block of n items.

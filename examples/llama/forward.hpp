@@ -8,6 +8,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -139,6 +140,40 @@ inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& xn) {
     }
   }
   return g;
+}
+
+/// The MLP block's output down(silu(gate(xn)) ⊙ up(xn)), xn = rms_norm(x, post_norm), formed
+/// q2n::detail::kPanel rows at a time, one thread per panel: no tokens × intermediate matrix
+/// is held whole. The numbers are those of mlp_activation and Linear::apply on the whole x
+/// when x has more rows than the intermediate size: the same products on the same row panels.
+inline void mlp_output_by_panels(const DecoderLayer& L, const Config& c, const Matrix& x,
+                                 Matrix& y) {
+  constexpr Eigen::Index kPanel = q2n::detail::kPanel;
+  const Eigen::Index n = x.rows(), panels = (n + kPanel - 1) / kPanel;
+  y.resize(n, L.down.weight.rows());
+  auto product = [](const Matrix& in, const Linear& l, Matrix& out) {
+    out.resize(in.rows(), l.weight.rows());
+    out.noalias() = 1.0f * (in * l.weight.transpose());
+    if (l.has_bias()) out.rowwise() += l.bias.transpose();
+  };
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+  {
+    Matrix xn, g, u, out;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Eigen::Index p = 0; p < panels; ++p) {
+      const Eigen::Index a = p * kPanel, rows = std::min(kPanel, n - a);
+      rms_norm(x.middleRows(a, rows), L.post_norm, c.rms_norm_eps, xn);
+      product(xn, L.gate, g);
+      product(xn, L.up, u);
+      g.array() = (g.array() / (1.0f + (-g.array()).exp())) * u.array();
+      product(g, L.down, out);
+      y.middleRows(a, rows) = out;
+    }
+  }
 }
 
 /// One decoder layer applied in place to the residual stream x (T × hidden).

@@ -87,10 +87,10 @@ struct InputStats {
 /// windows in order (only when `with_mean`: Q2N needs it, the quantizers do not). In an MPI
 /// run every rank calls this with its own windows and gets the statistics of all of them
 /// (dist.hpp). `low_memory`: the shards are summed one after the other (threads inside each
-/// window's product) instead of side by side (one thread per shard), their running total kept
-/// as its lower triangle only, and H returned in float (hessian_float): a cols² sum and a half
-/// in memory instead of kHessianShards, the same numbers. (The shards are summed one after the
-/// other with more ranks than shards too, whose sums pass from rank to rank.)
+/// window's product) instead of side by side (one thread per shard), and H returned in float
+/// only (hessian_float): two packed sums in memory instead of kHessianShards, the same numbers.
+/// (The shards are summed one after the other with more ranks than shards too, whose sums pass
+/// from rank to rank.)
 inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_mean = true,
                               Eigen::Index first = 0, Eigen::Index total = -1,
                               bool low_memory = false) {
@@ -110,34 +110,9 @@ inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_me
   // when a shard's sum passes between ranks (outside any parallel region, then).
   const bool one_by_one = low_memory || procs.size() > kHessianShards;
   std::vector<q2n::HessianAccumulator> shards;
-  for (int k = 0; k < (low_memory ? 0 : one_by_one ? 1 : kHessianShards); ++k) shards.emplace_back(X.cols());
+  for (int k = 0; k < (one_by_one ? 1 : kHessianShards); ++k) shards.emplace_back(X.cols());
   InputStats st;
-  if (low_memory) {
-    // The running total Σ shards as its packed lower triangle (the accumulators' only
-    // meaningful part), added to element by element as merge() adds: the same values.
-    const Eigen::Index n = X.cols();
-    std::vector<double> total(static_cast<std::size_t>(n * (n + 1) / 2), 0.0);
-    std::int64_t tokens = 0;
-    for (int k = 0; k < kHessianShards; ++k) {
-      q2n::HessianAccumulator next(n);
-      procs.share(next, shard(next, k));
-      const Eigen::MatrixXd& sum = next.sum();
-      double* t = total.data();
-      for (Eigen::Index j = 0; j < n; ++j)
-        for (Eigen::Index i = j; i < n; ++i) *t++ += sum(i, j);
-      tokens += next.tokens();
-    }
-    // H in float from the packed total, as hessian().cast<float>() of the merged sum.
-    if (tokens == 0) fail("llama::input_stats: no calibration tokens");
-    const double scale = 2.0 / static_cast<double>(tokens);
-    st.hessian_float.resize(n, n);
-    const double* t = total.data();
-    for (Eigen::Index j = 0; j < n; ++j)
-      for (Eigen::Index i = j; i < n; ++i, ++t)
-        st.hessian_float(i, j) = st.hessian_float(j, i) = static_cast<float>(*t * scale);
-    if (!st.hessian_float.allFinite())
-      fail("llama::input_stats: H = (2/N) Σ x xᵀ exceeds float's range; scale the activations down");
-  } else if (one_by_one) {
+  if (one_by_one) {
     procs.share(shards[0], shard(shards[0], 0));
     for (int k = 1; k < kHessianShards; ++k) {
       q2n::HessianAccumulator next(X.cols());
@@ -154,7 +129,10 @@ inline InputStats input_stats(const Matrix& X, Eigen::Index seqlen, bool with_me
     for (int k = 0; k < kHessianShards; ++k) procs.share(shards[static_cast<std::size_t>(k)], owner[static_cast<std::size_t>(k)]);
     for (int k = 1; k < kHessianShards; ++k) shards[0].merge(shards[static_cast<std::size_t>(k)]);
   }
-  if (!low_memory) st.hessian = shards[0].hessian();
+  if (low_memory)
+    st.hessian_float = shards[0].hessian_as<float>();
+  else
+    st.hessian = shards[0].hessian();
   if (with_mean)
     st.abar = procs.ordered_mean(seqlen, X.cols(), [&](q2n::SampleMeanAccumulator& mean) {
       if (local > 0) mean.add_sequences(X, seqlen);
@@ -183,9 +161,10 @@ struct PassOptions {
   /// the pass then evaluates, and calibrates later layers on, exactly what an export holds.
   std::optional<q2n::ValuePrecision> round_to;
   /// Hold less at once, for models that fill the machine's memory (streaming.hpp): the
-  /// statistics' shards are summed one at a time into a packed triangle and H is formed in
-  /// float only, the type the quantizers work in (input_stats; the same weights, the errors
-  /// then measured from the float H). Slower.
+  /// statistics' shards are summed one at a time and H is formed in float only, the type the
+  /// quantizers work in (input_stats; the same weights, the errors then measured from the
+  /// float H); down_proj's inputs are dropped while it is quantized and formed again for its
+  /// output (quantize_layer). Slower.
   bool low_memory = false;
   /// Called after each layer ("layer i of n") for progress output.
   std::function<void(int layer, int layers)> on_layer;
@@ -223,10 +202,13 @@ inline void round_result_values(LinearResult& r, q2n::ValuePrecision p) {
 
 namespace detail {
 
-// Quantizes the linears of one group (all reading `inputs`) in place in `L`.
+// Quantizes the linears of one group (all reading `inputs`) in place in `L`. With
+// `drop_inputs` and opt.low_memory, `inputs` is released once its statistics are taken (the
+// caller recomputes what it needs of them).
 inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::initializer_list<Proj> group,
-                           const Matrix& inputs, const Calibration& calib, const PassOptions& opt,
-                           std::vector<LinearRecord>& records, PassTimes& times) {
+                           Matrix& inputs, const Calibration& calib, const PassOptions& opt,
+                           std::vector<LinearRecord>& records, PassTimes& times,
+                           bool drop_inputs = false) {
   const bool is_down = *group.begin() == Proj::down;
   MethodSpec spec = opt.spec;
   if (is_down && !opt.q2n_down_proj) spec.q2n = false;
@@ -234,9 +216,11 @@ inline void quantize_group(DecoderLayer& L, DecoderLayer* twin, int layer, std::
   // Low memory: H comes in float, the type the quantizers convert it to anyway (the same
   // weights), and goes to them one copy at a time; the errors are then measured from the float
   // H (a relative difference of ~1e-7 in the reported errors). A dump needs the double H.
+  const bool low_memory = opt.low_memory && !opt.on_linear;
   InputStats stats = input_stats(inputs, calib.seqlen, spec.q2n || opt.on_linear != nullptr,
-                                 calib.first, calib.total, opt.low_memory && !opt.on_linear);
+                                 calib.first, calib.total, low_memory);
   Eigen::MatrixXf hf = std::move(stats.hessian_float);
+  if (low_memory && drop_inputs) inputs.resize(0, 0);
   times.statistics += seconds_since(t0);
   const auto t1 = std::chrono::steady_clock::now();
   // One null space per group: the members share their inputs. QuIP refines in each linear's
@@ -321,11 +305,17 @@ inline void quantize_layer(DecoderLayer& L, DecoderLayer* twin, int i, const Con
   y.resize(0, 0);
   rms_norm(x, L.post_norm, c.rms_norm_eps, xn);
   detail::quantize_group(L, twin, i, {Proj::up, Proj::gate}, xn, calib, opt, records, times);
-  // [down]: inputs are silu(gate x) ⊙ up x with the quantized up and gate.
+  // [down]: inputs are silu(gate x) ⊙ up x with the quantized up and gate. With low_memory
+  // they are dropped after their statistics, while down is quantized (the widest activations
+  // and H would otherwise be live together), and formed again a panel at a time for down's
+  // output: the same values (mlp_output_by_panels), two more products per layer.
   Matrix act = mlp_activation(L, xn);
   xn.resize(0, 0);
-  detail::quantize_group(L, twin, i, {Proj::down}, act, calib, opt, records, times);
-  L.down.apply(act, y);
+  detail::quantize_group(L, twin, i, {Proj::down}, act, calib, opt, records, times, true);
+  if (act.size())
+    L.down.apply(act, y);
+  else
+    mlp_output_by_panels(L, c, x, y);
   x += y;
 }
 

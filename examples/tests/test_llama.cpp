@@ -531,7 +531,7 @@ TEST_CASE("the pass records keep each layer's storage, refined when Q2N ran") {
   }
 }
 
-TEST_CASE("SwiGLU formed panel by panel equals the two whole products, bit for bit") {
+TEST_CASE("SwiGLU and the MLP output formed panel by panel equal the whole products, bit for bit") {
   // mlp_activation multiplies up(xn) into gate(xn) a panel of rows at a time; the panels are
   // panel_product's, so nothing may change in the last bit. Row counts below, at and above one
   // panel, a ragged last panel, and an up projection with a bias.
@@ -556,6 +556,15 @@ TEST_CASE("SwiGLU formed panel by panel equals the two whole products, bit for b
       L.up.apply(xn, up);
       const llama::Matrix want = (gate.array() / (1.0f + (-gate.array()).exp())) * up.array();
       CHECK(llama::mlp_activation(L, xn) == want);
+      // The MLP's output formed a panel at a time from the residual stream (the low-memory
+      // pass's down_proj output): the whole products' values when there are more rows than
+      // the intermediate size (the two larger counts).
+      if (rows <= t.intermediate) continue;
+      llama::Matrix xn2, down_whole, down_panels;
+      llama::rms_norm(xn, L.post_norm, m.config.rms_norm_eps, xn2);
+      L.down.apply(llama::mlp_activation(L, xn2), down_whole);
+      llama::mlp_output_by_panels(L, m.config, xn, down_panels);
+      CHECK(down_panels == down_whole);
     }
   }
 }

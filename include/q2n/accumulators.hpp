@@ -4,7 +4,8 @@
 ///
 /// Both are sums with counts, so shards accumulated separately (other batches, other machines)
 /// combine with merge() into exactly the statistic of all their tokens together. To move a
-/// shard between processes, send its sum() and its count; from_sum() rebuilds it bit for bit.
+/// shard between processes, send its sum and its count (HessianAccumulator::packed_sum(),
+/// SampleMeanAccumulator::sum()); from_packed_sum() / from_sum() rebuild it bit for bit.
 
 #include <q2n/detail/check.hpp>
 #include <q2n/detail/parallel.hpp>
@@ -22,8 +23,10 @@ namespace q2n {
 ///
 /// Each batch's product `XᵀX` is formed in the batch's own scalar type (GEMMs, so float input
 /// runs at float speed) and added into a running sum kept in double, so that N in the hundreds
-/// of thousands of tokens does not erode the sum. The lower triangle is computed in column
-/// panels of 512, so a batch needs only cols × 512 scalars of scratch beside the sum.
+/// of thousands of tokens does not erode the sum. The sum is symmetric: only its lower triangle
+/// is kept, packed (cols·(cols+1)/2 doubles, half a square: eight shards of a 14336-wide
+/// input take 6.6 GB, not 13), and computed in column panels of 512, so a batch needs only
+/// cols × 512 scalars of scratch beside it.
 ///
 /// \code
 /// q2n::HessianAccumulator acc(cols);
@@ -36,7 +39,7 @@ class HessianAccumulator {
   explicit HessianAccumulator(Eigen::Index cols) : cols_(cols) {
     if (cols <= 0)
       detail::fail("q2n::HessianAccumulator: cols = ", cols, " must be positive");
-    sum_.setZero(cols, cols);
+    sum_.setZero(packed_size(cols));
   }
 
   /// Adds a batch of tokens, one per row (n × cols; n may be 0).
@@ -50,8 +53,7 @@ class HessianAccumulator {
     if (tokens.rows() == 0) return;
     detail::require_finite(tokens, "q2n::HessianAccumulator::add", "tokens");
     // Lower triangle, panel by panel: rows j0.. of columns [j0, j0 + w) of XᵀX. The panel's
-    // diagonal block is computed whole; its strictly upper part is never read (hessian()
-    // mirrors the lower triangle).
+    // diagonal block is computed whole; only its lower part is added to the sum.
     // Squares of float tokens leave float's range above ~1.8e19 (or become subnormal below
     // ~1e-19): such batches are accumulated in double, where they are representable.
     if constexpr (std::is_same_v<S, float>) {
@@ -70,7 +72,8 @@ class HessianAccumulator {
       const Eigen::Index w = std::min(kPanel, cols_ - j0), h = cols_ - j0;
       detail::panel_product(panel.topLeftCorner(h, w), x.rightCols(h).transpose(),
                             x.middleCols(j0, w), S(1), false);  // thread-count independent
-      sum_.block(j0, j0, h, w) += panel.topLeftCorner(h, w).template cast<double>();
+      for (Eigen::Index c = 0; c < w; ++c)
+        sum_.segment(offset(j0 + c), h - c) += panel.col(c).segment(c, h - c).template cast<double>();
     }
     if (!sum_.allFinite())
       detail::numerical_failure("q2n::HessianAccumulator::add: Σ x xᵀ overflowed double (tokens up to ",
@@ -85,7 +88,7 @@ class HessianAccumulator {
       detail::fail("q2n::HessianAccumulator::merge: other has cols = ", other.cols_,
                    " but this accumulator has cols = ", cols_,
                    "; merge only accumulators of the same layer");
-    sum_.triangularView<Eigen::Lower>() += other.sum_;
+    sum_ += other.sum_;
     tokens_ += other.tokens_;
   }
 
@@ -93,22 +96,25 @@ class HessianAccumulator {
   /// Number of tokens added so far (N).
   std::int64_t tokens() const { return tokens_; }
 
-  /// The running sum Σ x xᵀ (cols × cols, double; only its lower triangle is meaningful): with
-  /// tokens(), the whole state, e.g. to send to another process.
-  const Eigen::MatrixXd& sum() const { return sum_; }
+  /// The running sum Σ x xᵀ as its lower triangle packed column by column (element (i, j),
+  /// i ≥ j, at j·cols − j(j−1)/2 + i − j; cols·(cols+1)/2 doubles): with tokens(), the whole
+  /// state, e.g. to send to another process.
+  const Eigen::VectorXd& packed_sum() const { return sum_; }
 
-  /// Rebuilds an accumulator from another's sum() and tokens(); merge() and hessian() then
-  /// give exactly what the original would.
-  /// \throws std::invalid_argument unless `sum` is square and finite and tokens ≥ 0
-  static HessianAccumulator from_sum(Eigen::MatrixXd sum, std::int64_t tokens) {
-    const char* fn = "q2n::HessianAccumulator::from_sum";
-    if (sum.rows() != sum.cols() || sum.rows() == 0)
-      detail::fail(fn, ": sum is ", sum.rows(), " x ", sum.cols(),
-                   "; pass the square matrix another accumulator's sum() returned");
+  /// Rebuilds an accumulator from another's cols(), packed_sum() and tokens(); merge() and
+  /// hessian() then give exactly what the original would.
+  /// \throws std::invalid_argument unless cols > 0, `packed` has cols·(cols+1)/2 finite entries
+  ///         and tokens ≥ 0
+  static HessianAccumulator from_packed_sum(Eigen::Index cols, Eigen::VectorXd packed,
+                                            std::int64_t tokens) {
+    const char* fn = "q2n::HessianAccumulator::from_packed_sum";
+    HessianAccumulator acc(cols);
+    if (packed.size() != acc.sum_.size())
+      detail::fail(fn, ": packed has ", packed.size(), " entries but cols = ", cols, " needs ",
+                   acc.sum_.size(), "; pass the packed_sum() of an accumulator with these cols");
     if (tokens < 0) detail::fail(fn, ": tokens = ", tokens, " must be non-negative");
-    detail::require_finite(sum, fn, "sum");
-    HessianAccumulator acc(sum.rows());
-    acc.sum_ = std::move(sum);
+    detail::require_finite(packed, fn, "packed");
+    acc.sum_ = std::move(packed);
     acc.tokens_ = tokens;
     return acc;
   }
@@ -118,9 +124,7 @@ class HessianAccumulator {
     if (tokens_ == 0)
       detail::fail("q2n::HessianAccumulator::hessian: no tokens were added; "
                    "add calibration activations first");
-    Eigen::MatrixXd h = sum_.selfadjointView<Eigen::Lower>();
-    h *= 2.0 / static_cast<double>(tokens_);
-    return h;
+    return scaled<double>();
   }
 
   /// \return hessian() converted to Scalar, written straight from the double sum (no
@@ -130,19 +134,30 @@ class HessianAccumulator {
     if (tokens_ == 0)
       detail::fail("q2n::HessianAccumulator::hessian_as: no tokens were added; "
                    "add calibration activations first");
-    const double scale = 2.0 / static_cast<double>(tokens_);
-    detail::require_in_range<Scalar>(sum_.cwiseAbs().maxCoeff() * scale,
+    detail::require_in_range<Scalar>(sum_.cwiseAbs().maxCoeff() * (2.0 / static_cast<double>(tokens_)),
                                      "q2n::HessianAccumulator::hessian_as", "H", "hessian()");
-    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h(cols_, cols_);
-    for (Eigen::Index j = 0; j < cols_; ++j)
-      for (Eigen::Index i = j; i < cols_; ++i) h(i, j) = h(j, i) = static_cast<Scalar>(sum_(i, j) * scale);
-    return h;
+    return scaled<Scalar>();
   }
 
  private:
+  static Eigen::Index packed_size(Eigen::Index n) { return n * (n + 1) / 2; }
+  // Where column j's lower part (rows j … cols−1) starts in sum_.
+  Eigen::Index offset(Eigen::Index j) const { return j * cols_ - j * (j - 1) / 2; }
+
+  // (2/N) · the sum, both triangles, in Scalar (each entry rounded once, from double).
+  template <class Scalar>
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> scaled() const {
+    const double scale = 2.0 / static_cast<double>(tokens_);
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> h(cols_, cols_);
+    const double* s = sum_.data();
+    for (Eigen::Index j = 0; j < cols_; ++j)
+      for (Eigen::Index i = j; i < cols_; ++i, ++s) h(i, j) = h(j, i) = static_cast<Scalar>(*s * scale);
+    return h;
+  }
+
   Eigen::Index cols_;
   std::int64_t tokens_ = 0;
-  Eigen::MatrixXd sum_;  // lower triangle of Σ x xᵀ
+  Eigen::VectorXd sum_;  // Σ x xᵀ: its lower triangle, packed column by column
 };
 
 /// Accumulates the sample-averaged activations `Ā` (positions × cols): position by position,
