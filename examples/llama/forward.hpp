@@ -103,14 +103,17 @@ inline Matrix attention_core(const DecoderLayer& L, const Config& c, const Rope&
   return out;
 }
 
+/// gate ← silu(gate) ⊙ up, element by element (SwiGLU, in the gate's buffer).
+template <class Gate, class Up>
+void silu_times(Gate&& gate, const Up& up) {
+  gate.array() = (gate.array() / (1.0f + (-gate.array()).exp())) * up.array();
+}
+
 /// silu(gate(x)) ⊙ up(x): the input of down_proj (formed in gate(x)'s buffer: two
 /// tokens × intermediate buffers at a time, not three).
 inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& xn) {
   Matrix g;
   L.gate.apply(xn, g);
-  auto silu_times = [](auto&& gate, const auto& up) {
-    gate.array() = (gate.array() / (1.0f + (-gate.array()).exp())) * up.array();
-  };
   if (g.rows() <= g.cols()) {
     Matrix u;
     L.up.apply(xn, u);
@@ -169,7 +172,7 @@ inline void mlp_output_by_panels(const DecoderLayer& L, const Config& c, const M
       rms_norm(x.middleRows(a, rows), L.post_norm, c.rms_norm_eps, xn);
       product(xn, L.gate, g);
       product(xn, L.up, u);
-      g.array() = (g.array() / (1.0f + (-g.array()).exp())) * u.array();
+      silu_times(g, u);
       product(g, L.down, out);
       y.middleRows(a, rows) = out;
     }
