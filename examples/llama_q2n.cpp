@@ -1,5 +1,5 @@
 // q2n_llama: quantize a real (tiny) Llama model end to end with RTN, GPTQ, OWQ, PB-LLM,
-// LeanQuant and QuIP, each without and with the Q2N refinement on the same calibration data,
+// LeanQuant, QuIP and QuaRot, each without and with the Q2N refinement on the same calibration data,
 // and compare held-out perplexity. Run with --help for the options; examples/README.md walks
 // through the output. Built with MPI (q2n_llama_mpi), `mpirun -np N` shares the work among N
 // processes with bit-identical results (llama/dist.hpp).
@@ -8,11 +8,13 @@
 #include "llama/dump.hpp"
 #include "llama/dist.hpp"
 #include "llama/report.hpp"
+#include "llama/rotation.hpp"
 #include "llama/sequential.hpp"
 #include "llama/streaming.hpp"
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
@@ -73,6 +75,11 @@ std::vector<MethodSpec> configurations(const Options& o, const llama::Config& c)
       s.method = method;
       s.grid.bits = b;
       if (method == Method::leanquant || method == Method::quip) s.groupsize = -1;  // no groups
+      if (method == Method::quarot) {  // QuaRot's weights: symmetric, clip searched, per row
+        s.grid.sym = true;
+        s.grid.mse = true;
+        if (!o.group_given) s.groupsize = -1;
+      }
       for (auto f : o.exports) llama::check_exportable(f, s, c);
       specs.push_back(s);
     }
@@ -85,12 +92,43 @@ std::vector<MethodSpec> configurations(const Options& o, const llama::Config& c)
   return specs;
 }
 
+// quarot's starting point for one seed: the rotated float model, its calibration inputs (the
+// same windows as the others') and its perplexity on the evaluation windows.
+struct RotatedStart {
+  llama::Model model;
+  llama::Calibration calib;
+  double ppl = NAN;
+};
+
+std::shared_ptr<const RotatedStart> rotated_start(const llama::Model& fp, const Options& o,
+                                                  const llama::Tokens& calib_tokens,
+                                                  const llama::Tokens& eval_tokens,
+                                                  std::uint64_t seed) {
+  auto s = std::make_shared<RotatedStart>();
+  s->model = fp;
+  llama::RotationSource src;
+  src.seed = seed;
+  src.file = o.rotation_file;
+  llama::rotate_model(s->model, *llama::residual_rotation(fp.config, src));
+  s->calib = llama::capture_layer0_inputs(s->model, calib_tokens, o.seqlen, o.nsamples, seed);
+  s->ppl = llama::perplexity(s->model, eval_tokens, o.seqlen, o.eval_windows).ppl();
+  return s;
+}
+
 // The ±Q2N models of one configuration. Separate passes by default; with --shared-pass and
 // both variants, one pass yields both (the baseline propagates, the refined weights ride along).
 class Passes {
  public:
   Passes(const llama::Model& fp, const llama::Calibration& calib, const Options& o)
       : fp_(fp), calib_(calib), shared_(o.shared_pass && o.q2n.off && o.q2n.on) {}
+  // From a start of the configuration's own (quarot: the rotated model), kept alive here.
+  Passes(std::shared_ptr<const RotatedStart> start, const Options& o)
+      : Passes(start->model, start->calib, o) {
+    start_ = std::move(start);
+  }
+
+  // The rotated float model's perplexity (quarot), else NaN.
+  double rotated_float_ppl() const { return start_ ? start_->ppl : NAN; }
 
   bool shared() const { return shared_; }
 
@@ -125,6 +163,7 @@ class Passes {
   const llama::Calibration& calib_;
   bool shared_;
   std::optional<llama::PassResult> both_;
+  std::shared_ptr<const RotatedStart> start_;
 };
 
 // Pass options of one variant: progress on stderr and, with --dump-file, the dump hook.
@@ -173,20 +212,21 @@ llama::Run evaluate(const llama::PassResult& pr, llama::Run run,
 
 // The runs of the sweep in order: every seed, configuration and ±Q2N variant selected, each
 // handed to `quantize` with its spec, seed and progress label filled in (the configuration's
-// ±Q2N passes share `per_config`, built once per configuration).
+// ±Q2N passes share `per_config(seed, spec)`, built once per configuration).
 template <class PerConfig, class Quantize>
 void for_each_run(const Options& o, const std::vector<MethodSpec>& specs, PerConfig&& per_config,
                   Quantize&& quantize) {
   for (int k = 0; k < o.seeds && !specs.empty(); ++k) {
     const std::uint64_t seed = o.seed + static_cast<std::uint64_t>(k);
     for (const MethodSpec& base : specs) {
-      auto shared = per_config(seed);
+      auto shared = per_config(seed, base);
       for (bool use_q2n : {false, true}) {
         if (!(use_q2n ? o.q2n.on : o.q2n.off)) continue;
         llama::Run run;
         run.spec = base;
         run.spec.q2n = use_q2n;
         run.seed = seed;
+        run.inference = o.inference;
         run.spec.transform_seed = seed;  // QuIP's transforms vary with the seed too
         const std::string label =
             "[" + llama::spec_label(run.spec) + " seed " + std::to_string(seed) + "]";
@@ -237,7 +277,7 @@ void run_streaming(const Options& o) {
   announce(o, c, "streaming its layers");
   llama::Report report(o);
   bool first = true;
-  for_each_run(o, specs, [](std::uint64_t) { return 0; },
+  for_each_run(o, specs, [](std::uint64_t, const MethodSpec&) { return 0; },
                [&](llama::Run run, const std::string& label, int) {
     llama::StreamOptions so;
     so.pass = pass_options(o, run.spec, label, {-1, llama::Proj::q});
@@ -319,11 +359,20 @@ int run(int argc, char** argv) {
     report.add_export(paths);
   }
 
-  // Calibrate once per seed; quantize ±Q2N, evaluate and report.
+  // Calibrate once per seed (quarot: rotate once per seed, and calibrate the rotated model);
+  // quantize ±Q2N, evaluate and report.
   std::optional<llama::Calibration> calib;
   std::uint64_t calib_seed = 0;
+  std::shared_ptr<const RotatedStart> rotated;
+  std::uint64_t rotated_seed = 0;
   for_each_run(o, specs,
-               [&](std::uint64_t seed) {
+               [&](std::uint64_t seed, const MethodSpec& spec) {
+                 if (spec.method == Method::quarot) {
+                   if (!rotated || rotated_seed != seed)
+                     rotated = rotated_start(fp, o, calib_tokens, eval_tokens, seed);
+                   rotated_seed = seed;
+                   return std::make_shared<Passes>(rotated, o);
+                 }
                  if (!calib || calib_seed != seed)
                    calib = llama::capture_layer0_inputs(fp, calib_tokens, o.seqlen, o.nsamples,
                                                         seed);
@@ -332,9 +381,12 @@ int run(int argc, char** argv) {
                },
                [&](llama::Run run, const std::string& label, std::shared_ptr<Passes>& passes) {
     run.shared_pass = passes->shared() && run.spec.q2n;
+    run.rotated_float_ppl = passes->rotated_float_ppl();
     const double t0 = llama::elapsed_seconds();
-    const llama::PassResult pr = passes->take(pass_options(o, run.spec, label, dump_target));
+    llama::PassResult pr = passes->take(pass_options(o, run.spec, label, dump_target));
     run.pass_seconds = llama::elapsed_seconds() - t0;
+    // Activations are quantized at inference only: the calibration saw them in float.
+    llama::set_inference_bits(pr.model, o.inference);
     run = evaluate(pr, std::move(run), eval_tokens, o);
     for (auto f : procs.root() ? o.exports : std::vector<llama::ExportFormat>{})
       run.exports[llama::export_format_name(f)] =

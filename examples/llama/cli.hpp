@@ -25,7 +25,7 @@ struct Options {
   /// Every setting of the shared vocabulary (method_flags.hpp); method, grid.bits and q2n are
   /// swept over `methods`, `bits` and the ±Q2N variants.
   MethodSpec spec;
-  std::vector<Method> methods{std::begin(kAllMethods), std::end(kAllMethods)};
+  std::vector<Method> methods{std::begin(kWeightOnlyMethods), std::end(kWeightOnlyMethods)};
   std::vector<int> bits{2, 3, 4};
   int nsamples = 128;
   Eigen::Index seqlen = 256;
@@ -34,6 +34,9 @@ struct Options {
   std::int64_t eval_windows = -1;  ///< −1: all windows of the protocol
   Q2nVariants q2n{true, true};     ///< evaluate each method without and/or with Q2N
   bool q2n_down_proj = false;
+  bool group_given = false;        ///< --group was passed (else quarot is per row)
+  InferenceBits inference;         ///< activation and KV cache bits of every method
+  std::string rotation_file;       ///< quarot: the residual rotation (else random Hadamard)
   bool shared_pass = false;        ///< ±Q2N from one sequential pass (approximation)
   bool stream = false;             ///< read the checkpoint layer by layer (streaming.hpp)
   int threads = 0;                 ///< 0: the OpenMP default
@@ -50,8 +53,8 @@ inline std::string usage() {
   return R"(usage: q2n_llama [options]
 
 Quantizes a Llama/Qwen2-style byte-level model layer by layer (GPTQ-style sequential
-calibration) with RTN, GPTQ, OWQ, PB-LLM, LeanQuant and QuIP, each without and with the Q2N
-refinement on the same calibration data, and reports held-out perplexity.
+calibration) with RTN, GPTQ, OWQ, PB-LLM, LeanQuant, QuIP and QuaRot, each without and with
+the Q2N refinement on the same calibration data, and reports held-out perplexity.
 
 data
   --model DIR           checkpoint directory: config.json + model.safetensors (default: the
@@ -73,10 +76,22 @@ calibration
   --seed S              seed of the window draw (default 0)
   --seeds N             repeat over seeds S, S+1, …, S+N−1 and report mean ± spread (default 1)
 methods
-  --methods LIST        comma list of rtn,gptq,owq,pbllm,leanquant,quip, or all, or none
-                        (default all; none evaluates the float model only); --method is
-                        the same flag
+  --methods LIST        comma list of rtn,gptq,owq,pbllm,leanquant,quip,quarot, or all, or
+                        none (default: all but quarot; none evaluates the float model only);
+                        --method is the same flag. quarot: the model rotated (random Hadamard from the
+                        seed, norms fused, online Hadamards before o_proj and down_proj), then
+                        GPTQ with the symmetric grid and MSE clip search, per row unless
+                        --group is given
   --bits LIST           comma list of weight bits for every method but pbllm (default 2,3,4)
+  --a-bits B            per-token symmetric activation quantization of every linear's input
+                        but lm_head, for every method (2..16; default 16 = none)
+  --a-clip R            activation clip ratio in (0, 1] (default 1)
+  --kv-bits B           per-token symmetric quantization of the K and V caches (keys after
+                        RoPE, and with quarot after a Hadamard per head) (default 16 = none)
+  --kv-clip R           KV cache clip ratio in (0, 1] (default 1)
+  --rotation FILE       quarot: the residual rotation Q (hidden x hidden, the one tensor of a
+                        safetensors file, e.g. a learned SpinQuant R1) instead of the random
+                        Hadamard transform
 )" + method_flags_usage(MethodSpec{}) +
          R"(  --q2n [MODE]          both | on | off (default both; a bare --q2n means on)
   --q2n-down-proj       refine mlp.down_proj too (skipped by default)
@@ -176,6 +191,11 @@ inline bool parse_tool_flag(ArgCursor& a, Options& o) {
   else if (f == "--dump-linear") o.dump_linear = a.value();
   else if (f == "--dump-file") o.dump_file = a.value();
   else if (f == "--threads") o.threads = static_cast<int>(a.int_value(1, 1024));
+  else if (f == "--a-bits") o.inference.act_bits = static_cast<int>(a.int_value(2, 16));
+  else if (f == "--a-clip") o.inference.act_clip = a.number_value(1e-6, 1);
+  else if (f == "--kv-bits") o.inference.kv_bits = static_cast<int>(a.int_value(2, 16));
+  else if (f == "--kv-clip") o.inference.kv_clip = a.number_value(1e-6, 1);
+  else if (f == "--rotation") o.rotation_file = a.value();
   else return false;
   return true;
 }
@@ -188,9 +208,11 @@ inline Options parse_options(int argc, char** argv, const std::string& data_dir)
   o.model_dir = data_dir + "/kjv-256x4";
   ArgCursor a(argc, argv, "q2n_llama");
   // The tool's own flags first: --bits and --q2n are sweeps here, single values in q2n-layer.
-  while (a.next())
+  while (a.next()) {
+    if (a.flag() == "--group") o.group_given = true;
     if (!detail::parse_tool_flag(a, o) && !parse_method_flag(a, o.spec))
       a.fail("unknown option ", a.flag(), " (see --help)");
+  }
   check_method_flags(a, o.spec);
   if (!o.eval_text.empty() && !o.eval_tokens.empty())
     a.fail("--eval-text and --eval-tokens are alternatives; pass one");
@@ -208,6 +230,17 @@ inline Options parse_options(int argc, char** argv, const std::string& data_dir)
   if (o.stream && (!o.exports.empty() || !o.dump_file.empty() || o.shared_pass))
     a.fail("--stream quantizes layer by layer without the whole model: --export, --dump-file "
            "and --shared-pass need it; drop them or --stream");
+  const bool quarot = std::find(o.methods.begin(), o.methods.end(), Method::quarot) != o.methods.end();
+  if (!o.rotation_file.empty() && !quarot)
+    a.fail("--rotation is quarot's rotation; add quarot to --methods or drop --rotation");
+  const bool runtime = o.inference.act_bits < 16 || o.inference.kv_bits < 16;
+  if (o.stream && (quarot || runtime))
+    a.fail("--stream quantizes layer by layer: quarot's rotation, --a-bits and --kv-bits need "
+           "the whole model; drop --stream");
+  if ((quarot || runtime) && (!o.save_dir.empty() || !o.exports.empty()))
+    a.fail("--save and --export write weights only: a quarot model also needs its online "
+           "Hadamards, and --a-bits/--kv-bits their quantizers, which no checkpoint format "
+           "here holds; drop them");
   if (o.stream && o.methods.empty())
     a.fail("--stream needs a method to run (--methods)");
   return o;

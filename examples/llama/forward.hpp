@@ -6,6 +6,9 @@
 
 #include "model.hpp"
 
+#include <q2n/activations.hpp>
+#include <q2n/rotation.hpp>
+
 #include <Eigen/Core>
 
 #include <algorithm>
@@ -67,18 +70,54 @@ inline void rms_norm(const Matrix& x, const Vector& w, double eps, Matrix& y) {
   }
 }
 
+/// What the layer's linears read of x: x itself, or with activation quantization (ops.act_bits
+/// < 16) x quantized per token into `buffer`.
+inline const Matrix& linear_input(const OnlineOps& ops, const Matrix& x, Matrix& buffer) {
+  if (ops.act_bits >= 16) return x;
+  buffer = q2n::quantize_per_token(x, q2n::ActivationOptions{ops.act_bits, ops.act_clip});
+  return buffer;
+}
+
+/// x made into what a linear reads, in place: the online transform (when given), then the
+/// activation quantizer (when on).
+inline void to_linear_input(const OnlineOps& ops,
+                            const std::shared_ptr<const q2n::OrthogonalTransform<float>>& transform,
+                            Matrix& x) {
+  if (transform) q2n::transform_rows(x, *transform);
+  if (ops.act_bits < 16)
+    x = q2n::quantize_per_token(x, q2n::ActivationOptions{ops.act_bits, ops.act_clip});
+}
+
+/// The K and V caches as attention reads them with KV quantization (ops.kv_bits < 16): q and
+/// k turned per head by ops.head when given (after RoPE: q·k is unchanged), then k and v
+/// quantized per token. Nothing otherwise.
+inline void kv_cache(const OnlineOps& ops, const Config& c, Matrix& q, Matrix& k, Matrix& v) {
+  if (ops.kv_bits >= 16) return;
+  if (ops.head) {
+    q2n::transform_rows(q, q2n::BlockTransform<float>::per_block(ops.head, c.num_attention_heads));
+    q2n::transform_rows(k, q2n::BlockTransform<float>::per_block(ops.head, c.num_key_value_heads));
+  }
+  const q2n::ActivationOptions kv{ops.kv_bits, ops.kv_clip};
+  k = q2n::quantize_per_token(k, kv);
+  v = q2n::quantize_per_token(v, kv);
+}
+
 /// Causal grouped-query attention on the normalized input xn (T × hidden) with the layer's
 /// q/k/v weights; returns the concatenated head outputs (T × heads·head_dim): the input of
-/// o_proj. Query head h reads KV head h / (heads / kv_heads).
+/// o_proj. Query head h reads KV head h / (heads / kv_heads). The layer's online operations
+/// apply: to xn as q/k/v read it, to the K and V caches (kv_cache), and to the result as
+/// o_proj reads it.
 inline Matrix attention_core(const DecoderLayer& L, const Config& c, const Rope& rope,
                              const Matrix& xn) {
   const Eigen::Index T = xn.rows(), hd = c.head_dim;
-  Matrix q, k, v;
-  L.q.apply(xn, q);
-  L.k.apply(xn, k);
-  L.v.apply(xn, v);
+  Matrix q, k, v, buffer;
+  const Matrix& in = linear_input(L.online, xn, buffer);
+  L.q.apply(in, q);
+  L.k.apply(in, k);
+  L.v.apply(in, v);
   rope.apply(q, hd);
   rope.apply(k, hd);
+  kv_cache(L.online, c, q, k, v);
   const int group = c.num_attention_heads / c.num_key_value_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   Matrix out(T, static_cast<Eigen::Index>(c.num_attention_heads) * hd);
@@ -100,6 +139,7 @@ inline Matrix attention_core(const DecoderLayer& L, const Config& c, const Rope&
     }
     out.middleCols(h * hd, hd).noalias() = s * v.middleCols(kvh * hd, hd);
   }
+  to_linear_input(L.online, L.online.before_o, out);
   return out;
 }
 
@@ -110,14 +150,18 @@ void silu_times(Gate&& gate, const Up& up) {
 }
 
 /// silu(gate(x)) ⊙ up(x): the input of down_proj (formed in gate(x)'s buffer: two
-/// tokens × intermediate buffers at a time, not three).
-inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& xn) {
+/// tokens × intermediate buffers at a time, not three). The layer's online operations apply:
+/// to xn as up/gate read it, and to the result as down_proj reads it.
+inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& x_normed) {
+  Matrix buffer;
+  const Matrix& xn = linear_input(L.online, x_normed, buffer);
   Matrix g;
   L.gate.apply(xn, g);
   if (g.rows() <= g.cols()) {
     Matrix u;
     L.up.apply(xn, u);
     silu_times(g, u);
+    to_linear_input(L.online, L.online.before_down, g);
     return g;
   }
   // up(xn) a panel of rows at a time, each multiplied into g at once: one intermediate-sized
@@ -142,6 +186,7 @@ inline Matrix mlp_activation(const DecoderLayer& L, const Matrix& xn) {
       silu_times(g.middleRows(a, rows), u);
     }
   }
+  to_linear_input(L.online, L.online.before_down, g);
   return g;
 }
 
@@ -163,16 +208,18 @@ inline void mlp_output_by_panels(const DecoderLayer& L, const Config& c, const M
 #pragma omp parallel
 #endif
   {
-    Matrix xn, g, u, out;
+    Matrix xn, buffer, g, u, out;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
     for (Eigen::Index p = 0; p < panels; ++p) {
       const Eigen::Index a = p * kPanel, rows = std::min(kPanel, n - a);
       rms_norm(x.middleRows(a, rows), L.post_norm, c.rms_norm_eps, xn);
-      product(xn, L.gate, g);
-      product(xn, L.up, u);
+      const Matrix& in = linear_input(L.online, xn, buffer);
+      product(in, L.gate, g);
+      product(in, L.up, u);
       silu_times(g, u);
+      to_linear_input(L.online, L.online.before_down, g);
       product(g, L.down, out);
       y.middleRows(a, rows) = out;
     }

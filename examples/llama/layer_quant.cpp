@@ -40,7 +40,8 @@ q2n::QuantResult<float> dispatch(const Eigen::MatrixXf& W, DH&& H, const MethodS
       o.groupsize = s.groupsize;
       return q2n::rtn(W, o);
     }
-    case Method::gptq: {
+    case Method::gptq:
+    case Method::quarot: {  // (the rotation is the model's, rotation.hpp)
       auto o = second_order_options<q2n::GptqOptions>(s);
       o.grid = s.grid;
       o.act_order = s.act_order;

@@ -34,12 +34,17 @@
 
 namespace llama {
 
-/// The quantization algorithms the examples compare.
-enum class Method { rtn, gptq, owq, pbllm, leanquant, quip };
+/// The quantization algorithms the examples compare. QuaRot is GPTQ on a rotated model
+/// (rotation.hpp): per linear it is GPTQ with the symmetric grid and the MSE clip search.
+enum class Method { rtn, gptq, owq, pbllm, leanquant, quip, quarot };
 
 /// Every method, in the order of the report.
-inline constexpr Method kAllMethods[] = {Method::rtn,   Method::gptq,      Method::owq,
-                                         Method::pbllm, Method::leanquant, Method::quip};
+inline constexpr Method kAllMethods[] = {Method::rtn,       Method::gptq, Method::owq,
+                                         Method::pbllm,     Method::leanquant,
+                                         Method::quip,      Method::quarot};
+/// q2n_llama's default: the weight-only methods (QuaRot rotates the model and is run by name).
+inline constexpr Method kWeightOnlyMethods[] = {Method::rtn,   Method::gptq,      Method::owq,
+                                                Method::pbllm, Method::leanquant, Method::quip};
 
 inline const char* method_name(Method m) {
   switch (m) {
@@ -49,6 +54,7 @@ inline const char* method_name(Method m) {
     case Method::pbllm: return "pbllm";
     case Method::leanquant: return "leanquant";
     case Method::quip: return "quip";
+    case Method::quarot: return "quarot";
   }
   return "";
 }

@@ -7,6 +7,7 @@
 
 #include <q2n/detail/parallel.hpp>
 #include <q2n/io/safetensors.hpp>
+#include <q2n/storage.hpp>
 
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
@@ -64,11 +65,41 @@ inline const char* proj_name(Proj p) {
   return "";
 }
 
+/// What a layer runs at inference besides its weights: the online transforms a rotated model
+/// needs (rotation.hpp) and the activation quantizer of W·A· inference. The defaults run
+/// nothing.
+struct OnlineOps {
+  /// Applied to every token of o_proj's input (the heads' outputs) before o_proj reads it.
+  std::shared_ptr<const q2n::OrthogonalTransform<float>> before_o;
+  /// Applied to every token of down_proj's input.
+  std::shared_ptr<const q2n::OrthogonalTransform<float>> before_down;
+  /// Applied to every head of q and k after RoPE (q·k unchanged), so that the K cache
+  /// quantizes as the linears' inputs do; only with kv_bits < 16.
+  std::shared_ptr<const q2n::OrthogonalTransform<float>> head;
+  /// Per-token symmetric quantization of the input of every linear of the layer (after the
+  /// transforms; q2n/activations.hpp); 16 = none.
+  int act_bits = 16;
+  double act_clip = 1.0;
+  /// The same for the K and V caches (each token's keys, resp. values, of all KV heads).
+  int kv_bits = 16;
+  double kv_clip = 1.0;
+};
+
+/// What is quantized at inference besides the weights (16 bits: nothing); set on a model's
+/// layers by set_inference_bits (rotation.hpp).
+struct InferenceBits {
+  int act_bits = 16;  ///< every linear's input but lm_head's, per token
+  double act_clip = 1.0;
+  int kv_bits = 16;   ///< the K and V caches, per token
+  double kv_clip = 1.0;
+};
+
 /// One decoder layer: pre-norm attention block and pre-norm SwiGLU block.
 struct DecoderLayer {
   Vector input_norm;  ///< RMSNorm weight before attention
   Vector post_norm;   ///< RMSNorm weight before the MLP
   Linear q, k, v, o, gate, up, down;
+  OnlineOps online;
 
   Linear& linear(Proj p) {
     switch (p) {

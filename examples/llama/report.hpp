@@ -77,6 +77,8 @@ struct Run {
   int refined = 0;        ///< linears Q2N was applied to
   double pass_seconds = 0, eval_seconds = 0;
   bool shared_pass = false;
+  InferenceBits inference;        ///< activation and KV cache bits at evaluation
+  double rotated_float_ppl = NAN; ///< quarot: the rotated float model's perplexity
   std::map<std::string, std::string> exports;  ///< with --export: format → file or folder
 };
 
@@ -115,6 +117,11 @@ inline nlohmann::json run_json(const Run& r, const Options& o) {
   }
   j["group"] = r.spec.groupsize > 0 ? nlohmann::json(r.spec.groupsize) : nlohmann::json(nullptr);
   j["q2n"] = r.spec.q2n;
+  j["a_bits"] = r.inference.act_bits;
+  if (r.inference.act_bits < 16) j["a_clip"] = r.inference.act_clip;
+  j["kv_bits"] = r.inference.kv_bits;
+  if (r.inference.kv_bits < 16) j["kv_clip"] = r.inference.kv_clip;
+  if (r.spec.method == Method::quarot) j["rotated_float_ppl"] = r.rotated_float_ppl;
   j["seed"] = r.seed;
   j["ppl"] = r.ppl;
   j["seconds"] = r.pass_seconds + r.eval_seconds;
@@ -255,11 +262,13 @@ class Report {
   void add_float(const Perplexity& p, double seconds) {
     float_ppl_ = p.ppl();
     float_windows_ = p.windows;
+    // (The float model is evaluated at full width: a_bits 16 whatever --a-bits says.)
     const nlohmann::json j{{"method", "none"}, {"bits", nullptr}, {"group", nullptr},
-                           {"q2n", false}, {"ppl", p.ppl()}, {"nll_per_token", p.nll_per_token()},
-                           {"windows", p.windows}, {"seconds", seconds}};
+                           {"q2n", false}, {"a_bits", 16}, {"kv_bits", 16}, {"ppl", p.ppl()},
+                           {"nll_per_token", p.nll_per_token()}, {"windows", p.windows},
+                           {"seconds", seconds}};
     std::cout << j.dump() << std::endl;
-    jsonl_.push_back({{"method", "none"}, {"ppl", p.ppl()}, {"windows", p.windows},
+    jsonl_.push_back({{"method", "none"}, {"a_bits", 16}, {"ppl", p.ppl()}, {"windows", p.windows},
                       {"seconds", seconds}});
   }
 
@@ -300,7 +309,16 @@ class Report {
        << o_.seed + static_cast<std::uint64_t>(o_.seeds) - 1 << "; Q2N threshold "
        << s.null_space.threshold << ", lambda " << s.lambda
        << (o_.q2n_down_proj ? ", down_proj refined" : ", down_proj not refined")
-       << (o_.shared_pass ? ", shared pass" : ", separate passes") << ".\n\n";
+       << (o_.shared_pass ? ", shared pass" : ", separate passes")
+       << (o_.inference.act_bits < 16
+               ? "; activations " + std::to_string(o_.inference.act_bits) +
+                     "-bit per token (clip " + fmt(o_.inference.act_clip, 2) + ")"
+               : std::string("; activations in float"))
+       << (o_.inference.kv_bits < 16
+               ? ", K/V caches " + std::to_string(o_.inference.kv_bits) + "-bit per token (clip " +
+                     fmt(o_.inference.kv_clip, 2) + ")"
+               : std::string(""))
+       << ".\n\n";
     if (!runs_.empty())
       md << build_table(runs_).markdown()
          << "\nΔPPL = PPL(+Q2N) − PPL(baseline), paired by calibration seed, mean over seeds; "
@@ -311,6 +329,14 @@ class Report {
             "after the refinement (same pass, same inputs); kept r: mean rank of the kept "
             "activation subspace; s: wall seconds per run (sequential pass + evaluation), mean "
             "over seeds. PB-LLM bits = average weight bits (binarized + salient).\n";
+    std::map<std::uint64_t, double> rotated;  // quarot: the rotated float model, per seed
+    for (const Run& r : runs_)
+      if (r.spec.method == Method::quarot) rotated[r.seed] = r.rotated_float_ppl;
+    if (!rotated.empty()) {
+      md << "quarot's rotated float model (no quantization): PPL";
+      for (const auto& [seed, ppl] : rotated) md << " " << fmt(ppl, 4) << " (seed " << seed << ")";
+      md << ".\n";
+    }
     md << "Total " << fmt(elapsed_seconds(), 1) << " s wall, "
        << fmt(static_cast<double>(std::clock()) / CLOCKS_PER_SEC, 1) << " s CPU.\n";
     return md.str();

@@ -98,6 +98,9 @@ Args parse(int argc, char** argv) {
     if (a.output.empty()) c.fail("--output is required");
     if (!has_method) c.fail("--method is required: given, rtn, gptq, owq, pbllm, leanquant or quip");
     llama::check_method_flags(c, a.spec);
+    if (a.spec.method == llama::Method::quarot)
+      c.fail("--method quarot rotates a whole model (q2n_llama); a layer whose inputs are rotated "
+             "already quantizes as QuaRot's linears do with --method gptq --sym --mse --group 0");
     if (a.spec.method == llama::Method::leanquant || a.spec.method == llama::Method::quip)
       a.spec.groupsize = -1;  // no groups
   } catch (const std::invalid_argument& e) {
