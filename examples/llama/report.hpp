@@ -274,7 +274,7 @@ class Report {
 
   /// The float model's export (with --methods none --export).
   void add_export(const std::map<std::string, std::string>& paths) {
-    const nlohmann::json j{{"method", "none"}, {"export", paths}};
+    const nlohmann::json j{{"method", "none"}, {"a_bits", 16}, {"kv_bits", 16}, {"export", paths}};
     std::cout << j.dump() << std::endl;
     jsonl_.push_back(j);
   }

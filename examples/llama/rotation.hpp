@@ -132,20 +132,22 @@ inline void rotate_model(Model& m, const q2n::OrthogonalTransform<double>& R) {
   const auto before_down = detail::hadamard<float>(c.intermediate_size, "intermediate_size");
   const auto head = detail::hadamard<float>(hd, "head_dim");  // K cache (with --kv-bits)
 
-  auto reads = [&](Linear& l, const Vector& norm, bool fold) {
+  // A linear reading a norm's output: the norm's weight folded in, its inputs turned by R.
+  auto reads = [&](Linear& l, const Vector& norm) {
     detail::in_double(l, [&](RowMatrixD& W, Eigen::VectorXd&) {
-      if (fold) q2n::fold_scale_into_inputs(W, norm.cast<double>());
+      q2n::fold_scale_into_inputs(W, norm.cast<double>());
       q2n::rotate_inputs(W, R);
     });
   };
+  // A linear writing to the residual stream: its outputs turned by R.
   auto writes = [&](Linear& l) {
     detail::in_double(l, [&](RowMatrixD& W, Eigen::VectorXd& b) { q2n::rotate_outputs(W, R, &b); });
   };
   for (DecoderLayer& L : m.layers) {
     if (L.online.before_o || L.online.before_down || L.online.head)
       fail("quarot: the model is rotated already");
-    for (Linear* l : {&L.q, &L.k, &L.v}) reads(*l, L.input_norm, true);
-    for (Linear* l : {&L.up, &L.gate}) reads(*l, L.post_norm, true);
+    for (Linear* l : {&L.q, &L.k, &L.v}) reads(*l, L.input_norm);
+    for (Linear* l : {&L.up, &L.gate}) reads(*l, L.post_norm);
     L.input_norm.setOnes();
     L.post_norm.setOnes();
     writes(L.o);
@@ -160,7 +162,7 @@ inline void rotate_model(Model& m, const q2n::OrthogonalTransform<double>& R) {
     L.online.before_down = before_down;
     L.online.head = head;
   }
-  reads(m.lm_head, m.norm, true);
+  reads(m.lm_head, m.norm);
   m.norm.setOnes();
   RowMatrixD E = m.embed.cast<double>();
   q2n::transform_rows(E, R);

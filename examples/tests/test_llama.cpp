@@ -119,22 +119,35 @@ llama::Tokens sample_tokens(int n, unsigned seed) {
   return t;
 }
 
+// reference_logits.safetensors: 128 token ids and the reference implementation's logits.
+struct ReferenceLogits {
+  llama::Tokens tokens;
+  llama::Matrix logits;
+};
+ReferenceLogits reference_logits() {
+  q2n::io::SafetensorsReader ref(kData + "/kjv-256x4/reference_logits.safetensors");
+  const std::vector<float> ids = ref.read_flat<float>("input_ids");
+  REQUIRE(ids.size() == 128);
+  return {llama::Tokens(ids.begin(), ids.end()), ref.read_matrix<float>("logits")};
+}
+
+// Max |logit difference| of a model from the reference over its 128 tokens.
+double logit_difference(const llama::Model& m, const ReferenceLogits& ref) {
+  const auto T = static_cast<Eigen::Index>(ref.tokens.size());
+  const llama::Rope rope(m.config, T);
+  const llama::Matrix got = llama::forward(m, rope, ref.tokens.data(), T);
+  REQUIRE(got.rows() == ref.logits.rows());
+  REQUIRE(got.cols() == ref.logits.cols());
+  return (got - ref.logits).cwiseAbs().maxCoeff();
+}
+
 }  // namespace
 
 TEST_CASE("the float model reproduces the reference logits") {
   const llama::Model m = llama::load_model(kData + "/kjv-256x4");
-  q2n::io::SafetensorsReader ref(kData + "/kjv-256x4/reference_logits.safetensors");
-  const std::vector<float> ids = ref.read_flat<float>("input_ids");
-  const llama::Matrix want = ref.read_matrix<float>("logits");
-  REQUIRE(ids.size() == 128);
-  const llama::Tokens tokens(ids.begin(), ids.end());
-  const llama::Rope rope(m.config, static_cast<Eigen::Index>(tokens.size()));
-  const llama::Matrix got = llama::forward(m, rope, tokens.data(), 128);
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
   // Both sides are float32 from the same BF16 weights; only summation order differs, which
   // moves logits of magnitude ~20 by ~1e-5. 1e-3 is the protocol's tolerance.
-  const double diff = (got - want).cwiseAbs().maxCoeff();
+  const double diff = logit_difference(m, reference_logits());
   MESSAGE("max |logit difference| = " << diff);
   CHECK(diff <= 1e-3);
 }
@@ -182,22 +195,11 @@ llama::Model rotated(const llama::Model& m, const llama::RotationSource& source)
   llama::rotate_model(r, *llama::residual_rotation(m.config, source));
   return r;
 }
-
-// Max |logit difference| of two models over the reference logits' 128 tokens.
-double logit_difference(const llama::Model& m, const llama::Matrix& want, const llama::Tokens& tokens) {
-  const llama::Rope rope(m.config, static_cast<Eigen::Index>(tokens.size()));
-  return (llama::forward(m, rope, tokens.data(), static_cast<Eigen::Index>(tokens.size())) - want)
-      .cwiseAbs()
-      .maxCoeff();
-}
 }  // namespace
 
 TEST_CASE("quarot: the rotated float model reproduces the reference logits and perplexity") {
   const llama::Model m = llama::load_model(kData + "/kjv-256x4");
-  q2n::io::SafetensorsReader ref(kData + "/kjv-256x4/reference_logits.safetensors");
-  const std::vector<float> ids = ref.read_flat<float>("input_ids");
-  const llama::Matrix want = ref.read_matrix<float>("logits");
-  const llama::Tokens tokens(ids.begin(), ids.end());
+  const ReferenceLogits ref = reference_logits();
   // A learned rotation arrives as a file in float32: a random orthogonal Q stored so.
   const std::string dir = std::string(LLAMA_TEST_TMP_DIR) + "/rotation";
   std::filesystem::remove_all(dir);
@@ -226,7 +228,7 @@ TEST_CASE("quarot: the rotated float model reproduces the reference logits and p
     // The issue's bound: the reference's own tolerance, 1e-3. The rotation is computed in
     // double and stored in float (one rounding per weight, ~1e-7 relative), so the logits
     // move by float rounding as in the unrotated test (~1e-5 at magnitude ~20).
-    const double diff = logit_difference(r, want, tokens);
+    const double diff = logit_difference(r, ref);
     MESSAGE("rotated: max |logit difference| = " << diff);
     CHECK(diff <= 1e-3);
     // The perplexity within 1e-4 relative: the logits' float rounding moves it by ~1e-6.
