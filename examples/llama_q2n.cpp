@@ -1,6 +1,6 @@
 // q2n_llama: quantize a real (tiny) Llama model end to end with RTN, GPTQ, OWQ, PB-LLM,
-// LeanQuant, QuIP and QuaRot, each without and with the Q2N refinement on the same calibration data,
-// and compare held-out perplexity. Run with --help for the options; examples/README.md walks
+// LeanQuant, QuIP and QuaRot, each without and with the Q2N refinement on the same calibration
+// data, and compare held-out perplexity. Run with --help for the options; examples/README.md walks
 // through the output. Built with MPI (q2n_llama_mpi), `mpirun -np N` shares the work among N
 // processes with bit-identical results (llama/dist.hpp).
 

@@ -39,8 +39,8 @@ double rotation_tol() {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("rotate_inputs then transform_rows computes the same outputs: (W Tᵀ)(T x) = W x", T,
-                   Q2N_TEST_SCALARS) {
+TEST_CASE_TEMPLATE("rotate_inputs then transform_rows computes the same outputs: (W Tᵀ)(T x) = W x",
+                   T, Q2N_TEST_SCALARS) {
   // Sizes of the tiny model's hidden (256), intermediate (768 = 12 · 64) and a random dense
   // rotation of 48, in both layouts.
   for (Eigen::Index n : {256, 768, 48}) {
@@ -63,17 +63,30 @@ TEST_CASE_TEMPLATE("rotate_inputs then transform_rows computes the same outputs:
     // Each of the 10·24 outputs is a sum of n products of O(1) values: its rounding grows like
     // √n ε, and the rotation's like log n ε per operand.
     const double tol = rotation_tol<T>() * std::sqrt(double(n)) * 4;
-    CHECK((Xc.template cast<double>() * Wc.template cast<double>().transpose() - want).cwiseAbs().maxCoeff() < tol);
-    CHECK((Xr.template cast<double>() * Wr.template cast<double>().transpose() - want).cwiseAbs().maxCoeff() < tol);
+    CHECK((Xc.template cast<double>() * Wc.template cast<double>().transpose() - want)
+              .cwiseAbs()
+              .maxCoeff() < tol);
+    CHECK((Xr.template cast<double>() * Wr.template cast<double>().transpose() - want)
+              .cwiseAbs()
+              .maxCoeff() < tol);
     // The rotated rows are the dense product in both layouts: T x.
-    const Mat<T> D = [&] { Mat<T> I = Mat<T>::Identity(n, n); t->apply(I, false); return I; }();
-    CHECK((Xc.template cast<double>() - X.template cast<double>() * D.template cast<double>().transpose()).cwiseAbs().maxCoeff() < rotation_tol<T>() * 4);
+    const Mat<T> D = [&] {
+      Mat<T> I = Mat<T>::Identity(n, n);
+      t->apply(I, false);
+      return I;
+    }();
+    CHECK((Xc.template cast<double>() -
+           X.template cast<double>() * D.template cast<double>().transpose())
+              .cwiseAbs()
+              .maxCoeff() < rotation_tol<T>() * 4);
     // (The two layouts go through apply and apply_right: the same sums in another order.)
-    CHECK((Xr.template cast<double>() - Xc.template cast<double>()).cwiseAbs().maxCoeff() < rotation_tol<T>() * 4);
+    CHECK((Xr.template cast<double>() - Xc.template cast<double>()).cwiseAbs().maxCoeff() <
+          rotation_tol<T>() * 4);
   }
 }
 
-TEST_CASE_TEMPLATE("rotate_outputs turns a linear's outputs: (T W) x + T b = T (W x + b)", T, Q2N_TEST_SCALARS) {
+TEST_CASE_TEMPLATE("rotate_outputs turns a linear's outputs: (T W) x + T b = T (W x + b)", T,
+                   Q2N_TEST_SCALARS) {
   const Eigen::Index out = 64, in = 20;
   const auto t = q2n::HadamardTransform<T>::randomized(out, 5);
   const Mat<T> W = q2n_test::gaussian<T>(out, in, 1), x = q2n_test::gaussian<T>(in, 3, 2);
@@ -95,9 +108,10 @@ TEST_CASE_TEMPLATE("head-wise Hadamards equal the dense Kronecker products", T, 
   for (auto [heads, hd] : {std::pair<Eigen::Index, Eigen::Index>{8, 32}, {12, 16}}) {
     auto Hh = std::make_shared<q2n::HadamardTransform<T>>(heads);
     auto Hd = std::make_shared<q2n::HadamardTransform<T>>(hd);
-    const auto per = q2n::BlockTransform<T>::per_block(Hd, heads);        // I ⊗ H_hd
-    const auto across = q2n::BlockTransform<T>::across_blocks(Hh, hd);    // H_h ⊗ I
-    const Eigen::MatrixXd dh = Hh->dense().template cast<double>(), dd = Hd->dense().template cast<double>();
+    const auto per = q2n::BlockTransform<T>::per_block(Hd, heads);      // I ⊗ H_hd
+    const auto across = q2n::BlockTransform<T>::across_blocks(Hh, hd);  // H_h ⊗ I
+    const Eigen::MatrixXd dh = Hh->dense().template cast<double>(),
+                          dd = Hd->dense().template cast<double>();
     const Eigen::MatrixXd want_per = rotation_kron(Eigen::MatrixXd::Identity(heads, heads), dd);
     const Eigen::MatrixXd want_across = rotation_kron(dh, Eigen::MatrixXd::Identity(hd, hd));
     const Eigen::Index n = heads * hd;
@@ -106,26 +120,31 @@ TEST_CASE_TEMPLATE("head-wise Hadamards equal the dense Kronecker products", T, 
       Mat<T> a = X, b = X;
       per.apply(a, tr);
       across.apply(b, tr);
-      const Eigen::MatrixXd wa = (tr ? Eigen::MatrixXd(want_per.transpose()) : want_per) * X.template cast<double>();
-      const Eigen::MatrixXd wb = (tr ? Eigen::MatrixXd(want_across.transpose()) : want_across) * X.template cast<double>();
+      const Eigen::MatrixXd wa =
+          (tr ? Eigen::MatrixXd(want_per.transpose()) : want_per) * X.template cast<double>();
+      const Eigen::MatrixXd wb =
+          (tr ? Eigen::MatrixXd(want_across.transpose()) : want_across) * X.template cast<double>();
       CHECK((a.template cast<double>() - wa).cwiseAbs().maxCoeff() < rotation_tol<T>() * 10);
       CHECK((b.template cast<double>() - wb).cwiseAbs().maxCoeff() < rotation_tol<T>() * 10);
       // From the right too (the default through apply on the transpose).
       Mat<T> r = X.transpose();
       across.apply_right(r, !tr);  // rows x → (H_h ⊗ I) x, or its transpose
-      CHECK((r.transpose().template cast<double>() - wb).cwiseAbs().maxCoeff() < rotation_tol<T>() * 10);
+      CHECK((r.transpose().template cast<double>() - wb).cwiseAbs().maxCoeff() <
+            rotation_tol<T>() * 10);
     }
     // Across then per, composed: H_h ⊗ H_hd; for Sylvester sizes that is the full H_n.
     Mat<T> I = Mat<T>::Identity(n, n);
     per.apply(I, false);
     across.apply(I, false);
-    CHECK((I.template cast<double>() - rotation_kron(dh, dd)).cwiseAbs().maxCoeff() < rotation_tol<T>() * 10);
+    CHECK((I.template cast<double>() - rotation_kron(dh, dd)).cwiseAbs().maxCoeff() <
+          rotation_tol<T>() * 10);
     if (heads == 8)
       CHECK((I - q2n::HadamardTransform<T>(n).dense()).cwiseAbs().maxCoeff() < rotation_tol<T>());
   }
   CHECK_THROWS_AS(q2n::BlockTransform<float>::per_block(nullptr, 2), std::invalid_argument);
-  CHECK_THROWS_AS(q2n::BlockTransform<float>::per_block(std::make_shared<q2n::HadamardTransform<float>>(4), 0),
-                  std::invalid_argument);
+  CHECK_THROWS_AS(
+      q2n::BlockTransform<float>::per_block(std::make_shared<q2n::HadamardTransform<float>>(4), 0),
+      std::invalid_argument);
 }
 
 TEST_CASE("a one-hot activation becomes ±c/√n, which per-token int4 holds exactly") {
@@ -156,7 +175,8 @@ TEST_CASE_TEMPLATE("quantize_per_token equals its formula, entry by entry", T, Q
       const double maxq = std::pow(2.0, bits - 1) - 1;
       for (Eigen::Index r = 0; r < X.rows(); ++r) {
         double amax = 0;
-        for (Eigen::Index j = 0; j < X.cols(); ++j) amax = std::max(amax, std::abs(double(X(r, j))));
+        for (Eigen::Index j = 0; j < X.cols(); ++j)
+          amax = std::max(amax, std::abs(double(X(r, j))));
         double s = clip * amax / maxq;
         if (s == 0) s = 1;
         for (Eigen::Index j = 0; j < X.cols(); ++j) {
@@ -164,15 +184,20 @@ TEST_CASE_TEMPLATE("quantize_per_token equals its formula, entry by entry", T, Q
           // The scale and the quotient are each one rounding in T: a code can differ from the
           // double one only at a tie, which these Gaussian draws do not hit; the value is then
           // s·q with s rounded once (relative ε) — within 4 ε of max |x|.
-          CHECK(std::abs(double(Q(r, j)) - s * q) <= 4 * std::numeric_limits<T>::epsilon() * std::max(amax, 1.0));
+          CHECK(std::abs(double(Q(r, j)) - s * q) <=
+                4 * std::numeric_limits<T>::epsilon() * std::max(amax, 1.0));
         }
       }
     }
   }
-  CHECK(q2n::quantize_per_token(X, q2n::ActivationOptions{4, 1.0})(3, 7) == doctest::Approx(50).epsilon(1e-6));
-  CHECK_THROWS_AS(q2n::quantize_per_token(X, q2n::ActivationOptions{1, 1.0}), std::invalid_argument);
-  CHECK_THROWS_AS(q2n::quantize_per_token(X, q2n::ActivationOptions{4, 0.0}), std::invalid_argument);
-  CHECK_THROWS_AS(q2n::quantize_per_token(X, q2n::ActivationOptions{4, 1.5}), std::invalid_argument);
+  CHECK(q2n::quantize_per_token(X, q2n::ActivationOptions{4, 1.0})(3, 7) ==
+        doctest::Approx(50).epsilon(1e-6));
+  CHECK_THROWS_AS(q2n::quantize_per_token(X, q2n::ActivationOptions{1, 1.0}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(q2n::quantize_per_token(X, q2n::ActivationOptions{4, 0.0}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(q2n::quantize_per_token(X, q2n::ActivationOptions{4, 1.5}),
+                  std::invalid_argument);
   X(0, 0) = std::numeric_limits<T>::quiet_NaN();
   CHECK_THROWS_AS(q2n::quantize_per_token(X), std::invalid_argument);
 }
@@ -181,14 +206,20 @@ TEST_CASE("rotations refuse mismatched sizes, naming the argument") {
   const q2n::HadamardTransform<float> H(16);
   Eigen::MatrixXf W(4, 8);
   W.setOnes();
-  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::rotate_inputs(W, H); }), "input count"));
-  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::rotate_outputs(W, H); }), "output count"));
-  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::transform_rows(W, H); }), "column count"));
+  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::rotate_inputs(W, H); }),
+                      "input count"));
+  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::rotate_outputs(W, H); }),
+                      "output count"));
+  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::transform_rows(W, H); }),
+                      "column count"));
   Eigen::MatrixXf V(16, 16);
   V.setOnes();
   Eigen::VectorXf b(3);
-  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::rotate_outputs(V, H, &b); }), "bias"));
-  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>([&] { q2n::fold_scale_into_inputs(W, Eigen::VectorXf::Ones(3)); }), "gamma"));
+  CHECK(q2n_test::has(
+      q2n_test::thrown<std::invalid_argument>([&] { q2n::rotate_outputs(V, H, &b); }), "bias"));
+  CHECK(q2n_test::has(q2n_test::thrown<std::invalid_argument>(
+                          [&] { q2n::fold_scale_into_inputs(W, Eigen::VectorXf::Ones(3)); }),
+                      "gamma"));
   Eigen::VectorXf g = Eigen::VectorXf::LinSpaced(8, 1, 8);
   q2n::fold_scale_into_inputs(W, g);
   CHECK(W.row(3).transpose() == g);

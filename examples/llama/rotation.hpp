@@ -55,7 +55,8 @@ using TransformD = q2n::OrthogonalTransform<double>;
 template <class Scalar>
 std::shared_ptr<const q2n::OrthogonalTransform<Scalar>> hadamard(Eigen::Index n, const char* what) {
   if (q2n::HadamardTransform<Scalar>::base_order(n) == 0)
-    fail("quarot: ", what, " = ", n, " has no Hadamard matrix built in (n = K * 2^k with K "
+    fail("quarot: ", what, " = ", n,
+         " has no Hadamard matrix built in (n = K * 2^k with K "
          "from Paley's constructions); this model cannot be rotated");
   return std::make_shared<q2n::HadamardTransform<Scalar>>(n);
 }
@@ -85,9 +86,12 @@ inline std::shared_ptr<const TransformD> rotation_from_file(const std::string& p
   const Eigen::MatrixXd Q = reader.read_matrix<double>(names.front());
   if (Q.rows() != hidden || Q.cols() != hidden)
     fail("quarot: ", path, ": ", names.front(), " is ", Q.rows(), " x ", Q.cols(),
-         "; the model's hidden size is ", hidden, ", so pass a ", hidden, " x ", hidden, " rotation");
-  if (!Q.allFinite()) fail("quarot: ", path, ": ", names.front(), " has entries that are not finite");
-  const double off = (Q.transpose() * Q - Eigen::MatrixXd::Identity(hidden, hidden)).cwiseAbs().maxCoeff();
+         "; the model's hidden size is ", hidden, ", so pass a ", hidden, " x ", hidden,
+         " rotation");
+  if (!Q.allFinite())
+    fail("quarot: ", path, ": ", names.front(), " has entries that are not finite");
+  const double off =
+      (Q.transpose() * Q - Eigen::MatrixXd::Identity(hidden, hidden)).cwiseAbs().maxCoeff();
   if (!(off <= 1e-2))
     fail("quarot: ", path, ": ", names.front(), " is not orthogonal (max |Q^T Q - I| = ", off,
          "); pass an orthogonal rotation");
@@ -127,8 +131,9 @@ inline void rotate_model(Model& m, const q2n::OrthogonalTransform<double>& R) {
   const auto o_heads = q2n::BlockTransform<double>::per_block(had_hd, heads);
   const auto o_across = q2n::BlockTransform<double>::across_blocks(had_heads, hd);  // H_h ⊗ I
   // The online parts, in float.
-  const auto before_o = std::make_shared<const q2n::BlockTransform<float>>(
-      q2n::BlockTransform<float>::across_blocks(detail::hadamard<float>(heads, "num_attention_heads"), hd));
+  const auto before_o =
+      std::make_shared<const q2n::BlockTransform<float>>(q2n::BlockTransform<float>::across_blocks(
+          detail::hadamard<float>(heads, "num_attention_heads"), hd));
   const auto before_down = detail::hadamard<float>(c.intermediate_size, "intermediate_size");
   const auto head = detail::hadamard<float>(hd, "head_dim");  // K cache (with --kv-bits)
 
@@ -152,12 +157,14 @@ inline void rotate_model(Model& m, const q2n::OrthogonalTransform<double>& R) {
     L.post_norm.setOnes();
     writes(L.o);
     writes(L.down);
-    detail::in_double(L.v, [&](RowMatrixD& W, Eigen::VectorXd& b) { q2n::rotate_outputs(W, v_out, &b); });
+    detail::in_double(
+        L.v, [&](RowMatrixD& W, Eigen::VectorXd& b) { q2n::rotate_outputs(W, v_out, &b); });
     detail::in_double(L.o, [&](RowMatrixD& W, Eigen::VectorXd&) {
       q2n::rotate_inputs(W, o_heads);   // W (I ⊗ H_hd)ᵀ: undoes v's per-head turn
       q2n::rotate_inputs(W, o_across);  // ... (H_h ⊗ I)ᵀ: absorbs the online one
     });
-    detail::in_double(L.down, [&](RowMatrixD& W, Eigen::VectorXd&) { q2n::rotate_inputs(W, *had_inter); });
+    detail::in_double(L.down,
+                      [&](RowMatrixD& W, Eigen::VectorXd&) { q2n::rotate_inputs(W, *had_inter); });
     L.online.before_o = before_o;
     L.online.before_down = before_down;
     L.online.head = head;

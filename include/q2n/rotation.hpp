@@ -79,7 +79,8 @@ class BlockTransform final : public OrthogonalTransform<Scalar> {
   BlockTransform(std::shared_ptr<const OrthogonalTransform<Scalar>> t, Eigen::Index k, bool per)
       : t_(std::move(t)), k_(k), per_block_(per) {
     if (!t_) detail::fail("q2n::BlockTransform: the transform is null; pass one");
-    if (k_ <= 0) detail::fail("q2n::BlockTransform: the block count is ", k_, "; pass a positive one");
+    if (k_ <= 0)
+      detail::fail("q2n::BlockTransform: the block count is ", k_, "; pass a positive one");
   }
 
   std::shared_ptr<const OrthogonalTransform<Scalar>> t_;
@@ -105,7 +106,7 @@ void rows_times(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Options>& 
   if constexpr ((Options & Eigen::RowMajor) != 0) {
     // A row-major M is its transpose column-major: the rows are columns of that view.
     Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> view(M.data(), M.cols(),
-                                                                            M.rows());
+                                                                           M.rows());
     t.apply(view, transpose);
   } else {
     t.apply_right(M, !transpose);  // rows r → T r: M ← M Tᵀ
@@ -118,7 +119,7 @@ void cols_times(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Options>& 
                 const OrthogonalTransform<Scalar>& t) {
   if constexpr ((Options & Eigen::RowMajor) != 0) {
     Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> view(M.data(), M.cols(),
-                                                                            M.rows());
+                                                                           M.rows());
     t.apply_right(view, true);  // the view is Mᵀ: Mᵀ ← Mᵀ Tᵀ
   } else {
     t.apply(M, false);
