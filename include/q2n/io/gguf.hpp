@@ -605,10 +605,15 @@ class GgufReader {
     const auto* p = reinterpret_cast<const unsigned char*>(bytes_.data()) + data_start_ + t.offset;
     return std::vector<unsigned char>(p, p + t.bytes);
   }
-  /// Tensor `name` decoded to float, rows = ne[1]·ne[2]·…, cols = ne[0] (a vector: 1 × n).
+  /// Tensor `name` decoded to float, rows = ne[1]·ne[2]·…, cols = ne[0] (a vector: 1 × n); a
+  /// tensor without elements (a zero dimension) is 0 × 0.
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dequantize(
       const std::string& name) const {
     const auto& t = info(name);
+    // A zero dimension holds no bytes, so the file's size bounds none of the others: their
+    // product could be any number (or wrap), and looping over it would never end.
+    for (auto n : t.ne)
+      if (n == 0) return {};
     const Eigen::Index rows = static_cast<Eigen::Index>(t.rows());
     const Eigen::Index cols = static_cast<Eigen::Index>(t.ne[0]);
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> out(rows, cols);
