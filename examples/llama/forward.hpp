@@ -70,11 +70,16 @@ inline void rms_norm(const Matrix& x, const Vector& w, double eps, Matrix& y) {
   }
 }
 
-/// What the layer's linears read of x: x itself, or with activation quantization (ops.act_bits
-/// < 16) x quantized per token into `buffer`.
+/// x quantized per token as the layer's linears read it (with ops.bits.act_bits < 16).
+inline Matrix quantized_input(const OnlineOps& ops, const Matrix& x) {
+  return q2n::quantize_per_token(x, q2n::ActivationOptions{ops.bits.act_bits, ops.bits.act_clip});
+}
+
+/// What the layer's linears read of x: x itself, or with activation quantization x quantized
+/// per token into `buffer`.
 inline const Matrix& linear_input(const OnlineOps& ops, const Matrix& x, Matrix& buffer) {
-  if (ops.act_bits >= 16) return x;
-  buffer = q2n::quantize_per_token(x, q2n::ActivationOptions{ops.act_bits, ops.act_clip});
+  if (ops.bits.act_bits >= 16) return x;
+  buffer = quantized_input(ops, x);
   return buffer;
 }
 
@@ -84,20 +89,19 @@ inline void to_linear_input(const OnlineOps& ops,
                             const std::shared_ptr<const q2n::OrthogonalTransform<float>>& transform,
                             Matrix& x) {
   if (transform) q2n::transform_rows(x, *transform);
-  if (ops.act_bits < 16)
-    x = q2n::quantize_per_token(x, q2n::ActivationOptions{ops.act_bits, ops.act_clip});
+  if (ops.bits.act_bits < 16) x = quantized_input(ops, x);
 }
 
-/// The K and V caches as attention reads them with KV quantization (ops.kv_bits < 16): q and
+/// The K and V caches as attention reads them with KV quantization (ops.bits.kv_bits < 16): q and
 /// k turned per head by ops.head when given (after RoPE: q·k is unchanged), then k and v
 /// quantized per token. Nothing otherwise.
 inline void kv_cache(const OnlineOps& ops, const Config& c, Matrix& q, Matrix& k, Matrix& v) {
-  if (ops.kv_bits >= 16) return;
+  if (ops.bits.kv_bits >= 16) return;
   if (ops.head) {
     q2n::transform_rows(q, q2n::BlockTransform<float>::per_block(ops.head, c.num_attention_heads));
     q2n::transform_rows(k, q2n::BlockTransform<float>::per_block(ops.head, c.num_key_value_heads));
   }
-  const q2n::ActivationOptions kv{ops.kv_bits, ops.kv_clip};
+  const q2n::ActivationOptions kv{ops.bits.kv_bits, ops.bits.kv_clip};
   k = q2n::quantize_per_token(k, kv);
   v = q2n::quantize_per_token(v, kv);
 }

@@ -65,9 +65,17 @@ inline const char* proj_name(Proj p) {
   return "";
 }
 
+/// What is quantized at inference besides the weights (16 bits: nothing); set on a model's
+/// layers by set_inference_bits (rotation.hpp).
+struct InferenceBits {
+  int act_bits = 16;  ///< every linear's input but lm_head's, per token (q2n/activations.hpp)
+  double act_clip = 1.0;
+  int kv_bits = 16;   ///< the K and V caches: each token's keys, resp. values, of all KV heads
+  double kv_clip = 1.0;
+};
+
 /// What a layer runs at inference besides its weights: the online transforms a rotated model
-/// needs (rotation.hpp) and the activation quantizer of W·A· inference. The defaults run
-/// nothing.
+/// needs (rotation.hpp) and the quantizers of W·A· inference. The defaults run nothing.
 struct OnlineOps {
   /// Applied to every token of o_proj's input (the heads' outputs) before o_proj reads it.
   std::shared_ptr<const q2n::OrthogonalTransform<float>> before_o;
@@ -76,22 +84,9 @@ struct OnlineOps {
   /// Applied to every head of q and k after RoPE (q·k unchanged), so that the K cache
   /// quantizes as the linears' inputs do; only with kv_bits < 16.
   std::shared_ptr<const q2n::OrthogonalTransform<float>> head;
-  /// Per-token symmetric quantization of the input of every linear of the layer (after the
-  /// transforms; q2n/activations.hpp); 16 = none.
-  int act_bits = 16;
-  double act_clip = 1.0;
-  /// The same for the K and V caches (each token's keys, resp. values, of all KV heads).
-  int kv_bits = 16;
-  double kv_clip = 1.0;
-};
-
-/// What is quantized at inference besides the weights (16 bits: nothing); set on a model's
-/// layers by set_inference_bits (rotation.hpp).
-struct InferenceBits {
-  int act_bits = 16;  ///< every linear's input but lm_head's, per token
-  double act_clip = 1.0;
-  int kv_bits = 16;   ///< the K and V caches, per token
-  double kv_clip = 1.0;
+  /// Per-token symmetric quantization of the linears' inputs (after the transforms) and of
+  /// the K and V caches.
+  InferenceBits bits;
 };
 
 /// One decoder layer: pre-norm attention block and pre-norm SwiGLU block.

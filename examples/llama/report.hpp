@@ -268,8 +268,8 @@ class Report {
                            {"nll_per_token", p.nll_per_token()}, {"windows", p.windows},
                            {"seconds", seconds}};
     std::cout << j.dump() << std::endl;
-    jsonl_.push_back({{"method", "none"}, {"a_bits", 16}, {"ppl", p.ppl()}, {"windows", p.windows},
-                      {"seconds", seconds}});
+    jsonl_.push_back({{"method", "none"}, {"a_bits", 16}, {"kv_bits", 16}, {"ppl", p.ppl()},
+                      {"windows", p.windows}, {"seconds", seconds}});
   }
 
   /// The float model's export (with --methods none --export).

@@ -178,12 +178,7 @@ inline void rotate_model(Model& m, const q2n::OrthogonalTransform<double>& R) {
 
 /// Every layer's activation and KV cache quantizers set to `b`.
 inline void set_inference_bits(Model& m, const InferenceBits& b) {
-  for (DecoderLayer& L : m.layers) {
-    L.online.act_bits = b.act_bits;
-    L.online.act_clip = b.act_clip;
-    L.online.kv_bits = b.kv_bits;
-    L.online.kv_clip = b.kv_clip;
-  }
+  for (DecoderLayer& L : m.layers) L.online.bits = b;
 }
 
 }  // namespace llama

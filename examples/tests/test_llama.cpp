@@ -310,7 +310,7 @@ TEST_CASE("activation and KV quantization: every linear and the K/V caches read 
   CHECK(on_grid(act));
   // q/k/v read the quantized xn: the same attention as a float-input layer given that xn.
   llama::DecoderLayer plain = L;
-  plain.online.act_bits = 16;
+  plain.online.bits.act_bits = 16;
   plain.online.before_o = nullptr;
   const llama::Matrix xq = q2n::quantize_per_token(xn, q2n::ActivationOptions{4, 1.0});
   llama::Matrix want = llama::attention_core(plain, r.config, rope, xq);
@@ -321,7 +321,7 @@ TEST_CASE("activation and KV quantization: every linear and the K/V caches read 
   // up/gate read the quantized xn too: down_proj's input is the float layer's on xq (with the
   // online Hadamard), quantized.
   llama::DecoderLayer plain_mlp = L;
-  plain_mlp.online.act_bits = 16;
+  plain_mlp.online.bits.act_bits = 16;
   const llama::Matrix act_want = q2n::quantize_per_token(llama::mlp_activation(plain_mlp, xq),
                                                          q2n::ActivationOptions{4, 1.0});
   CHECK((act - act_want).cwiseAbs().maxCoeff() <= 1e-6 * std::max(1.0f, act_want.cwiseAbs().maxCoeff()));
@@ -343,7 +343,7 @@ TEST_CASE("activation and KV quantization: every linear and the K/V caches read 
   CHECK(k == k0);
   CHECK(v == v0);
   llama::OnlineOps kv = L.online;
-  kv.kv_bits = 4;
+  kv.bits.kv_bits = 4;
   REQUIRE(kv.head);
   llama::kv_cache(kv, c, q, k, v);
   const Eigen::MatrixXf H = Eigen::MatrixXf::Identity(hd, hd);
