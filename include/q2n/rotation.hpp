@@ -26,6 +26,7 @@
 
 #include <q2n/detail/check.hpp>
 #include <q2n/storage.hpp>
+#include <q2n/transforms.hpp>
 
 #include <Eigen/Core>
 
@@ -57,9 +58,7 @@ class BlockTransform final : public OrthogonalTransform<Scalar> {
   Eigen::Index size() const override { return t_->size() * k_; }
 
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
-    if (X.rows() != size())
-      detail::fail("q2n::BlockTransform::apply: X has ", X.rows(),
-                   " rows but the transform has size ", size(), "; pass size() rows");
+    detail::check_transform_rows(*this, X.rows(), "q2n::BlockTransform::apply");
     const Eigen::Index b = t_->size();
     for (Eigen::Index c = 0; c < X.cols(); ++c) {
       if (per_block_) {
