@@ -8,11 +8,17 @@
 # with --method given --q2n, which refines the file's Q. Both tools run with
 # OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = nproc, one layer after the other.
 # Environment: Q_TENSOR (name of Q, default Q), REF_DTYPE (float32 or float64, default
-# float32), RAW_LOG (a file to append both tools' JSON lines to).
+# float32), RAW_LOG (a file to append both tools' JSON lines to), Q2N_FLAGS (more q2n-layer
+# flags, e.g. "--eigensolver lapack").
 #
 # Per layer: kept count (reference/q2n), seconds (reference: covariance + eigh + projector +
-# m; q2n: null_space + refine; neither counts forming Abar), their ratio, max |dm| / |m| and
-# max |dm| / max |m - 1| with dm = m_reference - m_q2n.
+# m; q2n: null space + m; neither counts forming Abar), their ratio, q2n's assembly of the
+# refined result beside it (copying the storage, folding m in, dequantizing: work the
+# reference does not do), max |dm| / |m| and max |dm| / max |m - 1| with dm = m_reference - m_q2n.
+#
+# Both tools run with glibc's malloc on transparent huge pages (GLIBC_TUNABLES
+# glibc.malloc.hugetlb=1): on the project's VM a first touch of fresh memory costs about
+# 2.5 ms per MiB with 4 KiB pages, which neither computation is about.
 set -euo pipefail
 
 if (($# < 2)); then
@@ -45,6 +51,8 @@ fi
 
 threads=$(nproc)
 export OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
+export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+read -r -a q2n_flags <<<"${Q2N_FLAGS:-}"
 
 # numpy on the reference BLAS is about 20x slower than on OpenBLAS: its times would compare
 # nothing. reference_dense.py --check-blas reads the libraries mapped into its process.
@@ -72,8 +80,8 @@ PY
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-printf '# %-26s %9s %10s %10s %7s %11s %12s\n' layer "kept r/q" "ref s" "q2n s" "ref/q2n" \
-  "max|dm|/|m|" "dm/max|m-1|"
+printf '# %-26s %9s %10s %10s %7s %9s %11s %12s\n' layer "kept r/q" "ref s" "q2n s" "ref/q2n" \
+  "q2n asm s" "max|dm|/|m|" "dm/max|m-1|"
 for layer in "$@"; do
   "$py" - "$here" "$layer" "$q_tensor" <<'PY'
 import sys
@@ -84,7 +92,7 @@ if sys.argv[3] not in r.SafeTensors(sys.argv[2]):
              "refines the file's Q (set its name with Q_TENSOR)")
 PY
   q2n_json=$("$bin" --input "$layer" --output "$tmp/q2n.safetensors" --method given \
-    --q-tensor "$q_tensor" --q2n)
+    --q-tensor "$q_tensor" --q2n "${q2n_flags[@]}")
   ref_json=$("$py" "$here/reference_dense.py" "$layer" --q-tensor "$q_tensor" \
     --dtype "$ref_dtype" --m-out "$tmp/m_ref.npy")
   if [[ -n ${RAW_LOG:-} ]]; then
@@ -106,12 +114,14 @@ dm = np.abs(m_ref - m_q2n)
 rel = float(np.max(dm / np.abs(m_q2n)))
 dev = float(np.max(np.abs(m_q2n - 1)))
 rel_dev = float(np.max(dm) / dev) if dev > 0 else float("nan")
-q2n_s = q2n["seconds"].get("null_space", 0.0) + q2n["seconds"].get("refine", 0.0)
+sec = q2n["seconds"]
+q2n_s = sec.get("null_space", 0.0) + sec.get("refine_m", 0.0)
+asm_s = sec.get("refine", 0.0) - sec.get("refine_m", 0.0)
 ref_s = ref["seconds"]["total_refine"]
 kept_q2n = q2n.get("kept", 0)
 name = os.path.basename(layer).removesuffix(".safetensors")
-print("  %-26s %9s %10.4g %10.4g %7.3g %11.3g %12.3g%s" % (
+print("  %-26s %9s %10.4g %10.4g %7.3g %9.3g %11.3g %12.3g%s" % (
     name, f"{ref['kept']}/{kept_q2n}", ref_s, q2n_s, ref_s / q2n_s if q2n_s > 0 else float("inf"),
-    rel, rel_dev, "" if ref["kept"] == kept_q2n else "  KEPT DIFFERS"))
+    asm_s, rel, rel_dev, "" if ref["kept"] == kept_q2n else "  KEPT DIFFERS"))
 PY
 done

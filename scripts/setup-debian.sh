@@ -2,7 +2,7 @@
 # Installs the Debian packages q2n builds, tests and benchmarks with; a no-op when all are present.
 set -euo pipefail
 packages=(g++ cmake make ninja-build libeigen3-dev libxsimd-dev nlohmann-json3-dev doctest-dev libbenchmark-dev
-          clang libclang-rt-14-dev libopenmpi-dev openmpi-bin)
+          clang libclang-rt-14-dev libopenmpi-dev openmpi-bin liblapacke-dev libopenblas0-pthread)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

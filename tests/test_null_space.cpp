@@ -234,7 +234,9 @@ TEST_CASE_TEMPLATE("NullSpace: every route gives the same projector on each acti
   // eigenvalues at the cut (which no eigensolver pins down), and it is what the refinement
   // sees. The flat family with a massive activation is the hard case in float: its s0 is
   // thousands of times the kept eigenvalues at the cut, beyond a float Gram solve's
-  // resolution, so the Gram route must run in double and say so.
+  // resolution, so the Gram route must run in double and say so. Each route runs with both
+  // dense eigensolvers (the partial route falls back to one on the flat family).
+  static_assert(q2n::has_lapack, "the tests are built with q2n::lapack");
   using q2n::SpectrumRoute;
   using q2n_test::Family;
   for (const Family f : {Family::steep, Family::flat_massive, Family::rank_deficient}) {
@@ -251,9 +253,11 @@ TEST_CASE_TEMPLATE("NullSpace: every route gives the same projector on each acti
       const Eigen::MatrixXd p_ref = dense_p(ref);
       const Mat<T> a = abar.cast<T>();
       for (const auto route : {SpectrumRoute::covariance, SpectrumRoute::gram,
-                               SpectrumRoute::partial, SpectrumRoute::automatic}) {
+                               SpectrumRoute::partial, SpectrumRoute::automatic})
+      for (const auto solver : {q2n::DenseSolver::eigen, q2n::DenseSolver::lapack}) {
         CAPTURE(static_cast<int>(route));
-        const auto ns = q2n::NullSpace<T>::compute(a, {0.1, q2n::CutRule::paper, route});
+        CAPTURE(static_cast<int>(solver));
+        const auto ns = q2n::NullSpace<T>::compute(a, {0.1, q2n::CutRule::paper, route, solver});
         CAPTURE(ns.route_reason());
         CHECK(!ns.route_reason().empty());
         CHECK(ns.kept() == ref.kept());
@@ -267,4 +271,38 @@ TEST_CASE_TEMPLATE("NullSpace: every route gives the same projector on each acti
       }
     }
   }
+}
+
+TEST_CASE_TEMPLATE("LAPACK stages: the spectrum and the leading vectors, by MRRR and by its fallback", T, Q2N_TEST_SCALARS) {
+  // The matrix of the rank-deficient family (a Wishart-like spectrum, the one on which single
+  // precision MRRR fails from n = 512 on). The oracle is Eigen's dense solver in double.
+  const Eigen::MatrixXd abar =
+      q2n_test::activation_family(q2n_test::Family::rank_deficient, 300, 600, 7, 1000.0);
+  const Eigen::MatrixXd g = abar * abar.transpose();
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(g);
+  REQUIRE(es.info() == Eigen::Success);
+  const Eigen::VectorXd values = es.eigenvalues().reverse();
+  const Eigen::Index k = 120;
+  const Eigen::MatrixXd u = es.eigenvectors().rightCols(k).rowwise().reverse();
+  q2n::detail::LapackEigen<T> le(q2n_test::Mat<T>(g.cast<T>()), "test matrix");
+  // Eigenvalues: backward-stable solvers in T, so within a few ε‖G‖ of the double ones.
+  const double eps = std::numeric_limits<T>::epsilon();
+  CHECK((le.descending() - values).cwiseAbs().maxCoeff() <= 50 * eps * values(0));
+  for (const bool dc : {false, true}) {
+    CAPTURE(dc);
+    const q2n_test::Mat<T> z = le.leading(k, dc);
+    REQUIRE(z.rows() == g.rows());
+    REQUIRE(z.cols() == k);
+    CHECK(le.mrrr_info() == 0);  // MRRR (in double) did not fail; the fallback was asked for
+    // Orthonormal to MRRR's O(n ε) (and Householder's), and spanning the same leading space as
+    // the oracle: the subspace error stays ~ε‖G‖/gap, gap the distance after the k-th value.
+    const Eigen::MatrixXd zd = z.template cast<double>();
+    const double n = static_cast<double>(g.rows());
+    const Eigen::MatrixXd gram_z = zd.transpose() * zd;
+    CHECK((gram_z - Eigen::MatrixXd::Identity(k, k)).cwiseAbs().maxCoeff() <= 10 * n * eps);
+    const double gap = values(k - 1) - values(k);
+    REQUIRE(gap > 0);
+    CHECK((zd * zd.transpose() - u * u.transpose()).norm() <= 100 * eps * values(0) / gap);
+  }
+  CHECK(le.leading(0).cols() == 0);
 }

@@ -199,6 +199,12 @@ inline bool parse_method_flag(ArgCursor& a, MethodSpec& s) {
   } else if (f == "--cut-rule") {
     s.null_space.rule =
         a.choice({"paper", "plain"}) == 0 ? q2n::CutRule::paper : q2n::CutRule::plain;
+  } else if (f == "--eigensolver") {
+    s.null_space.solver =
+        a.choice({"eigen", "lapack"}) == 0 ? q2n::DenseSolver::eigen : q2n::DenseSolver::lapack;
+    if (s.null_space.solver == q2n::DenseSolver::lapack && !q2n::has_lapack)
+      a.fail(f, " lapack: this build has no LAPACKE backend (install liblapacke-dev and "
+             "reconfigure)");
   } else {
     return false;
   }
@@ -263,7 +269,11 @@ inline std::string method_flags_usage(const MethodSpec& d) {
          "  --lambda L            ridge weight toward m = 1 (default " + number_text(d.lambda) +
          ")\n" +
          "  --cut-rule R          paper | plain (default " +
-         (d.null_space.rule == q2n::CutRule::paper ? "paper" : "plain") + ")\n";
+         (d.null_space.rule == q2n::CutRule::paper ? "paper" : "plain") + ")\n" +
+         "  --eigensolver E       dense eigensolves of the null space: eigen | lapack (default " +
+         (d.null_space.solver == q2n::DenseSolver::eigen ? "eigen" : "lapack") +
+         "; lapack is faster at large\n"
+         "                        sizes and rounds by the BLAS's thread count)\n";
 }
 
 }  // namespace llama

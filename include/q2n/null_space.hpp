@@ -9,6 +9,9 @@
 
 #include <q2n/detail/block_krylov.hpp>
 #include <q2n/detail/check.hpp>
+#if defined(Q2N_WITH_LAPACKE)
+#include <q2n/detail/lapack_eigen.hpp>
+#endif
 #include <q2n/detail/parallel.hpp>
 #include <q2n/errors.hpp>
 #include <q2n/spectrum.hpp>
@@ -33,8 +36,11 @@ namespace q2n {
 /// products through Ā (2·n·N·w) while that is cheaper than forming the n × n matrix, by the
 /// formed matrix (n²·w) after. `automatic` takes the dense route for n ≤ 384, where it takes
 /// milliseconds, and the partial route above; a partial route that cannot decide the cut
-/// within width n/3 hands the matrix it formed to the dense route. NullSpace::route_reason()
-/// says what ran.
+/// within width n/3 (with DenseSolver::lapack, whose dense solve is several times cheaper:
+/// n/24 + n²/(6N)) hands the matrix it formed to the dense route. Above n = 384 the products
+/// are cut into row or column panels shared among the threads, so the result does not
+/// depend on the thread count (with DenseSolver::eigen). NullSpace::route_reason() says what
+/// ran.
 ///
 /// Precision: in float, the Gram route resolves eigenvalues down to about seqlen·ε·s0. When
 /// a kept eigenvalue lies below that (a massive activation makes s0 thousands of times the
@@ -50,11 +56,29 @@ enum class SpectrumRoute {
                ///< the dense route on the smaller side when the cut is not small
 };
 
+/// The dense symmetric eigensolver behind the dense routes.
+enum class DenseSolver {
+  eigen,   ///< Eigen's SelfAdjointEigenSolver: every eigenpair, by rotations; the rounding does
+           ///< not depend on the thread count
+  lapack,  ///< LAPACK through LAPACKE: tridiagonal reduction and the whole spectrum, then only
+           ///< the kept eigenvectors (MRRR) mapped back by blocked products; several times
+           ///< faster when n is in the thousands. Needs the backend (link q2n::lapack, which
+           ///< defines Q2N_WITH_LAPACKE); its rounding follows the BLAS's thread count
+};
+
+/// Whether this build has the LAPACKE backend (DenseSolver::lapack).
+#if defined(Q2N_WITH_LAPACKE)
+inline constexpr bool has_lapack = true;
+#else
+inline constexpr bool has_lapack = false;
+#endif
+
 /// Options for NullSpace::compute.
 struct NullSpaceOptions {
   double threshold = 0.1;                         ///< cut threshold t, in (0, ∞)
   CutRule rule = CutRule::paper;                  ///< see spectrum.hpp
   SpectrumRoute route = SpectrumRoute::automatic; ///< both dense routes give the same projector
+  DenseSolver solver = DenseSolver::eigen;        ///< for the dense routes (and fallbacks)
 };
 
 /// Low-rank null-space projector `P = I − U1 U1ᵀ` of a layer's sample-averaged activations.
@@ -96,6 +120,10 @@ class NullSpace {
     if (!(options.threshold > 0) || !std::isfinite(options.threshold))
       detail::fail(fn, ": options.threshold = ", options.threshold,
                    " must be finite and > 0 (default 0.1)");
+    if (options.solver == DenseSolver::lapack && !has_lapack)
+      detail::fail(fn, ": options.solver = DenseSolver::lapack but this build has no LAPACKE "
+                   "backend; link q2n::lapack (it defines Q2N_WITH_LAPACKE) or use "
+                   "DenseSolver::eigen");
     const double amax = static_cast<double>(abar.cwiseAbs().maxCoeff());
     if (amax == 0)
       detail::fail(fn, ": abar is all zero; the calibration activations carry no signal");
@@ -247,19 +275,44 @@ class NullSpace {
     from_covariance(a, options, gram_side ? nullptr : &small);
   }
 
-  // ĀĀᵀ (gram) or ĀᵀĀ: the lower triangle only, by a rank update (the eigensolvers and the
-  // selfadjoint products read that triangle).
+  // ĀĀᵀ (gram) or ĀᵀĀ: the lower triangle only (the eigensolvers and the selfadjoint
+  // products read that triangle). Up to kDenseUpTo by one rank update; above, by column panels
+  // of the lower part, each one product, shared among the threads (detail::for_each_task): the
+  // same bits on any thread count. (The upper half of each diagonal block is computed too and
+  // not read.)
   template <class Work>
   static Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> product_matrix(
       const Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>& a, bool gram) {
     const Eigen::Index k = gram ? a.rows() : a.cols();
     Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> m =
         Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>::Zero(k, k);
-    if (gram)
-      m.template selfadjointView<Eigen::Lower>().rankUpdate(a);
-    else
-      m.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
+    if (k <= kDenseUpTo) {
+      if (gram)
+        m.template selfadjointView<Eigen::Lower>().rankUpdate(a);
+      else
+        m.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
+      return m;
+    }
+    const Eigen::Index panels = (k + detail::kPanel - 1) / detail::kPanel;
+    detail::for_each_task(panels, [&](Eigen::Index p) {
+      const Eigen::Index j = p * detail::kPanel, w = std::min(detail::kPanel, k - j);
+      if (gram)
+        m.block(j, j, k - j, w).noalias() = a.middleRows(j, k - j) * a.middleRows(j, w).transpose();
+      else
+        m.block(j, j, k - j, w).noalias() = a.middleCols(j, k - j).transpose() * a.middleCols(j, w);
+    });
     return m;
+  }
+
+  // out = lhs · rhs by row panels of out, shared among the threads (the same bits on any
+  // thread count).
+  template <class Out, class Lhs, class Rhs>
+  static void by_row_panels(Out&& out, const Lhs& lhs, const Rhs& rhs) {
+    const Eigen::Index rows = out.rows();
+    detail::for_each_task((rows + detail::kPanel - 1) / detail::kPanel, [&](Eigen::Index p) {
+      const Eigen::Index r = p * detail::kPanel, len = std::min(detail::kPanel, rows - r);
+      out.middleRows(r, len).noalias() = lhs.middleRows(r, len) * rhs;
+    });
   }
 
   // Descending eigenvalues (clamped) from an ascending solver result, and the cut on them.
@@ -284,7 +337,7 @@ class NullSpace {
     const Eigen::Matrix<Work, Eigen::Dynamic, 1> inv_sqrt =
         (s.head(r) / energy_scale_).cwiseSqrt().cwiseInverse().template cast<Work>();
     Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> v(a.cols(), r);
-    v.noalias() = a.transpose() * z;
+    by_row_panels(v, a.transpose(), z);
     v *= inv_sqrt.asDiagonal();
     basis_ = v.template cast<Scalar>();
     return true;
@@ -319,18 +372,28 @@ class NullSpace {
     const auto apply = [&](const auto& x, auto&& y) {
       if (small.size()) {
         y.noalias() = small.template selfadjointView<Eigen::Lower>() * x;
-      } else if (gram) {
-        through.noalias() = a.transpose() * x;
-        y.noalias() = a * through;
       } else {
-        through.noalias() = a * x;
-        y.noalias() = a.transpose() * through;
+        through.resize(gram ? a.cols() : a.rows(), x.cols());
+        if (gram) {
+          by_row_panels(through, a.transpose(), x);
+          by_row_panels(y, a, through);
+        } else {
+          by_row_panels(through, a, x);
+          by_row_panels(y, a.transpose(), through);
+        }
       }
     };
+    // The widest Krylov space tried before the dense route: n/3 with Eigen's dense solve. With
+    // LAPACK's, several times cheaper, attempts that end in the dense route cost more than
+    // they save sooner: up to width w they cost about 4·n·N·w multiply-adds (each width's
+    // products through Ā, the widths doubling), kept within a third of the dense route's
+    // n²·N/2 + 2n³, i.e. w ≤ n/24 + n²/(6N).
+    const bool lapack = options.solver == DenseSolver::lapack;
+    const Eigen::Index cap = std::max<Eigen::Index>(
+        2 * block, lapack ? static_cast<Eigen::Index>(nd / 24 + nd * nd / (6 * big)) : n / 3);
     Eigen::Index width = 0, last_known = 0;
     Eigen::VectorXd last_theta;
-    for (Eigen::Index blocks = 3; block * blocks <= std::max<Eigen::Index>(n / 3, 2 * block);
-         blocks *= 2) {
+    for (Eigen::Index blocks = 3; block * blocks <= cap; blocks *= 2) {
       width = block * blocks;
       const double w = static_cast<double>(width);
       if (small.size() == 0 && nd * nd * big / 2 + nd * nd * w < 2 * nd * big * w)
@@ -366,31 +429,60 @@ class NullSpace {
     // Whether a dense float Gram solve would be refused (a kept eigenvalue under ten times its
     // t·eps·s0 floor, see map_from_gram), judged before paying for it: certainly so when the
     // smallest verified value is under the floor (the kept ones beyond it are smaller), and
-    // as good as certain when the mean of the eigenvalues after s0 is: a cut the Krylov space
-    // could not reach lies in the bulk, around that mean. A wrong guess costs time (the solve
+    // as good as certain when the mean of the eigenvalues not yet verified is: a cut the Krylov
+    // space could not reach lies in that bulk, around its mean. A wrong guess costs time (the solve
     // runs in double), never accuracy.
     reason_ += "; the cut needs more than a width-" + std::to_string(width) +
-               " Krylov space (n/3) can decide, dense route instead";
+               " Krylov space (" + (lapack ? "n/24 + n²/6N" : "n/3") +
+               ") can decide, dense route instead";
     if (gram && last_known > 0) {
       const double floor10 = 10 * static_cast<double>(a.rows()) * eps * last_theta(0);
-      const double mean_rest = (total_ / energy_scale_ - last_theta(0)) / (nd - 1);
+      const double mean_rest =
+          (total_ / energy_scale_ - last_theta.head(last_known).sum()) / (nd - last_known);
       if (last_theta(last_known - 1) <= floor10 || mean_rest <= floor10) return Partial::gram_futile;
     }
     return Partial::undecided;
   }
 
+  // Dense eigensolve of the lower triangle of m (consumed) by options.solver: sets the spectrum
+  // (m's leading eigenvalues, at most cols of them, zeros after them up to cols) and the cut,
+  // and returns the kept leading eigenvectors in descending order.
+  template <class Work>
+  Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> dense_kept(
+      Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>&& m, const NullSpaceOptions& options,
+      const char* what) {
+    const Eigen::Index n = m.rows();
+    const std::string name = std::string(what) + " (" + std::to_string(n) + " x " +
+                             std::to_string(n) + ")";
+    const Eigen::Index k = std::min(n, cols_);  // a requested Gram route may have t > cols
+    Eigen::VectorXd s = Eigen::VectorXd::Zero(cols_);
+#if defined(Q2N_WITH_LAPACKE)
+    if (options.solver == DenseSolver::lapack) {
+      reason_ += "; dense solve by LAPACK, kept vectors only";
+      detail::LapackEigen<Work> le(std::move(m), name);
+      s.head(k) = le.descending().head(k);
+      set_spectrum(s, options);
+      auto kept = le.leading(cut_.kept);
+      if (le.mrrr_info() != 0)
+        reason_ += " (MRRR failed, info " + std::to_string(le.mrrr_info()) +
+                   ": every vector by divide and conquer)";
+      return kept;
+    }
+#endif
+    Eigen::SelfAdjointEigenSolver<Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>> es(m);
+    if (es.info() != Eigen::Success)
+      throw NumericalError("q2n::NullSpace::compute: eigendecomposition of " + name +
+                           " did not converge");
+    s.head(k) = es.eigenvalues().reverse().head(k).template cast<double>();
+    set_spectrum(s, options);
+    // Solver order is ascending: the r leading vectors are the last r columns, reversed.
+    return es.eigenvectors().rightCols(cut_.kept).rowwise().reverse();
+  }
+
   void from_covariance(const Matrix& a, const NullSpaceOptions& options, Matrix* small) {
     route_ = SpectrumRoute::covariance;
-    Matrix x;
-    if (!small || small->size() == 0) x = product_matrix<Scalar>(a, false);
-    Eigen::SelfAdjointEigenSolver<Matrix> es(x.size() ? x : *small);  // reads the lower triangle
-    if (es.info() != Eigen::Success)
-      throw NumericalError("q2n::NullSpace::compute: eigendecomposition of AbarᵀAbar (" +
-                           std::to_string(cols_) + " x " + std::to_string(cols_) +
-                           ") did not converge");
-    set_spectrum(es.eigenvalues().reverse().template cast<double>(), options);
-    // Solver order is ascending: the r leading vectors are the last r columns, reversed.
-    basis_ = es.eigenvectors().rightCols(cut_.kept).rowwise().reverse();
+    Matrix x = small && small->size() ? std::move(*small) : product_matrix<Scalar>(a, false);
+    basis_ = dense_kept<Scalar>(std::move(x), options, "AbarᵀAbar");
   }
 
   // Dense Gram route in Work precision (Scalar, or double for a float NullSpace whose kept
@@ -400,31 +492,18 @@ class NullSpace {
   bool from_gram(const Matrix& a, const NullSpaceOptions& options, Matrix* small) {
     using WorkMatrix = Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>;
     route_ = SpectrumRoute::gram;
-    const Eigen::Index t = a.rows();
     WorkMatrix aw, g;
     const WorkMatrix* ap = &aw;
-    const WorkMatrix* gp = &g;
     if constexpr (std::is_same_v<Work, Scalar>) {
       ap = &a;
-      if (small && small->size())
-        gp = small;
-      else
-        g = product_matrix<Work>(a, true);
+      g = small && small->size() ? std::move(*small) : product_matrix<Work>(a, true);
     } else {
       aw = a.template cast<Work>();
       g = product_matrix<Work>(aw, true);
     }
-    Eigen::SelfAdjointEigenSolver<WorkMatrix> es(*gp);
-    if (es.info() != Eigen::Success)
-      throw NumericalError("q2n::NullSpace::compute: eigendecomposition of AbarAbarᵀ (" +
-                           std::to_string(t) + " x " + std::to_string(t) +
-                           ") did not converge");
-    // The nonzero spectra of ĀĀᵀ and ĀᵀĀ coincide; the remaining cols − t values are zero.
-    const Eigen::Index n = std::min(t, cols_);
-    Eigen::VectorXd s = Eigen::VectorXd::Zero(cols_);
-    s.head(n) = es.eigenvalues().reverse().head(n).template cast<double>();
-    set_spectrum(s, options);
-    const WorkMatrix z = es.eigenvectors().rightCols(cut_.kept).rowwise().reverse();
+    // The nonzero spectra of ĀĀᵀ and ĀᵀĀ coincide; the remaining cols − t values are zero
+    // (the Gram side has t < cols).
+    const WorkMatrix z = dense_kept<Work>(std::move(g), options, "AbarAbarᵀ");
     return map_from_gram<Work>(*ap, z, eigenvalues_);
   }
 

@@ -33,6 +33,7 @@
 #include <q2n/accumulators.hpp>
 #include <q2n/detail/check.hpp>
 #include <q2n/detail/parallel.hpp>
+#include <q2n/detail/stopwatch.hpp>
 #include <q2n/errors.hpp>
 #include <q2n/null_space.hpp>
 #include <q2n/spectrum.hpp>
@@ -41,6 +42,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -147,6 +149,12 @@ template <class Scalar>
 struct Refinement : QuantResult<Scalar> {
   Eigen::Matrix<Scalar, Eigen::Dynamic, 1> m;  ///< the equivalent vector
   Cut cut;                                     ///< the null space's cut (found = false: m = 1)
+  /// Wall-clock seconds of refine(): m itself (the closed form, the cost the Q2N method adds),
+  /// and the result's assembly (copying the storage, folding m in, dequantizing Q).
+  struct Seconds {
+    double m = 0;
+    double assembly = 0;
+  } seconds;
 };
 
 /// Q2N for any (W, Q) pair: m from equivalent_vector(), then `diag(m) Q`.
@@ -160,9 +168,12 @@ Refinement<Scalar> refine(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBas
                 "q2n::refine: W, Q and the NullSpace must share one scalar type; cast with "
                 ".cast<T>()");
   Refinement<Scalar> out;
+  const auto t0 = detail::Clock::now();
   out.m = equivalent_vector(W, Q, ns, lambda);
+  const auto t1 = detail::Clock::now();
   out.Q = out.m.asDiagonal() * Q;
   out.cut = ns.cut();
+  out.seconds = {std::chrono::duration<double>(t1 - t0).count(), detail::seconds_since(t1)};
   return out;
 }
 
@@ -186,18 +197,21 @@ Refinement<Scalar> refine(const QuantResult<Scalar>& quantized, const Eigen::Mat
   detail::require_shape(W, quantized.storage.rows, quantized.storage.cols, fn,
                         "W (must be the original weights, shaped like Q)");
   Refinement<Scalar> out;
-  out.storage = quantized.storage;
-  out.diagnostics = quantized.diagnostics;
-  if (out.storage.transforms.identity()) {
+  const auto t0 = detail::Clock::now();
+  if (quantized.storage.transforms.identity()) {
     detail::require_shape(quantized.Q, W.rows(), W.cols(), fn, "quantized.Q");
     out.m = equivalent_vector(W, quantized.Q, ns, lambda);
   } else {
-    out.m = equivalent_vector(to_stored_basis(out.storage, W), dequantize_stored(out.storage), ns,
-                              lambda);
+    out.m = equivalent_vector(to_stored_basis(quantized.storage, W),
+                              dequantize_stored(quantized.storage), ns, lambda);
   }
+  const auto t1 = detail::Clock::now();
+  out.storage = quantized.storage;
+  out.diagnostics = quantized.diagnostics;
   out.cut = ns.cut();
   fold(out.storage, out.m);
   out.Q = dequantize(out.storage);
+  out.seconds = {std::chrono::duration<double>(t1 - t0).count(), detail::seconds_since(t1)};
   return out;
 }
 

@@ -2,7 +2,8 @@
 # The consumers build unoptimized: what is tested is that each route finds, compiles and links
 # the headers, and -O0 keeps the Eigen-heavy compiles short (each program still takes most of a
 # minute, so each route builds one). find_package builds the quantizers with the safetensors
-# I/O (q2n::io, which pulls in q2n::q2n); add_subdirectory the refinement alone (q2n::q2n);
+# I/O (q2n::io, which pulls in q2n::q2n) and the LAPACK backend (q2n::lapack);
+# add_subdirectory the refinement alone (q2n::q2n);
 # vendoring the same, with nothing but Eigen beside the copied headers.
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})

@@ -76,17 +76,33 @@ void for_each_index(Eigen::Index count, F&& f) {
   for (Eigen::Index i = 0; i < count; ++i) f(i);
 }
 
+/// Calls f(i) for i in [0, count) as tasks of the enclosing OpenMP team, taken by whichever
+/// thread is free (inside with_serial_eigen, the team's threads waiting for its single thread),
+/// or one after the other without one. Each f(i) must compute the same bits whichever thread
+/// runs it (a single-threaded Eigen product does: Eigen is serial inside a parallel region) and
+/// must not throw.
+template <class F>
+void for_each_task(Eigen::Index count, F&& f) {
+#if defined(_OPENMP)
+#pragma omp taskloop grainsize(1)
+  for (Eigen::Index i = 0; i < count; ++i) f(i);
+#else
+  for (Eigen::Index i = 0; i < count; ++i) f(i);
+#endif
+}
+
 /// Runs f() with every Eigen product inside it computed by one thread with Eigen's
 /// single-thread blocking, so that f's rounding does not depend on the thread count. For code
 /// whose products Eigen makes internally (Householder blocks, eigensolvers) and panel_product
 /// cannot reach. Outside a parallel region this opens one (Eigen is serial inside a team of
-/// more than one thread) in which a single thread runs f; inside one it simply calls f.
+/// more than one thread) in which a single thread runs f while the others take the tasks f
+/// makes (for_each_task); inside one it simply calls f.
 template <class F>
 void with_serial_eigen(F&& f) {
 #if defined(_OPENMP)
   if (!omp_in_parallel() && omp_get_max_threads() > 1) {
     std::exception_ptr error;
-#pragma omp parallel num_threads(2)
+#pragma omp parallel
     {
 #pragma omp single
       {
