@@ -293,13 +293,16 @@ class NullSpace {
         m.template selfadjointView<Eigen::Lower>().rankUpdate(a.transpose());
       return m;
     }
+    // Both as ĀᵀĀ of a column-major operand (Āᵀ for the Gram matrix, copied once): one
+    // product kernel for both sides, the one the partial route's Āᵀx uses too.
+    const Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> at =
+        gram ? Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>(a.transpose())
+             : Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>();
+    const auto& c = gram ? at : a;
     const Eigen::Index panels = (k + detail::kPanel - 1) / detail::kPanel;
     detail::for_each_task(panels, [&](Eigen::Index p) {
       const Eigen::Index j = p * detail::kPanel, w = std::min(detail::kPanel, k - j);
-      if (gram)
-        m.block(j, j, k - j, w).noalias() = a.middleRows(j, k - j) * a.middleRows(j, w).transpose();
-      else
-        m.block(j, j, k - j, w).noalias() = a.middleCols(j, k - j).transpose() * a.middleCols(j, w);
+      m.block(j, j, k - j, w).noalias() = c.middleCols(j, k - j).transpose() * c.middleCols(j, w);
     });
     return m;
   }
