@@ -15,6 +15,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cstddef>
 #include <exception>
 #include <type_traits>
 
@@ -84,8 +85,9 @@ void for_each_index(Eigen::Index count, F&& f) {
 template <class F>
 void for_each_task(Eigen::Index count, F&& f) {
 #if defined(_OPENMP)
+  // (An unsigned counter: clang's taskloop compares it with its own unsigned trip count.)
 #pragma omp taskloop grainsize(1)
-  for (Eigen::Index i = 0; i < count; ++i) f(i);
+  for (std::size_t i = 0; i < static_cast<std::size_t>(count); ++i) f(static_cast<Eigen::Index>(i));
 #else
   for (Eigen::Index i = 0; i < count; ++i) f(i);
 #endif
