@@ -127,7 +127,12 @@ inline Mat<double> activation_family(Family f, Eigen::Index positions, Eigen::In
     const Eigen::Index k = std::min<Eigen::Index>(16, cols / 4);
     Mat<double> basis = orthonormal_rows(k);
     for (Eigen::Index j = 0; j < k; ++j) basis.row(j) *= 4.0 * std::pow(0.7, double(j));
-    for (int s = 0; s < nseq; ++s) abar += normal(positions, k) * basis + 1e-3 * normal(positions, cols);
+    for (int s = 0; s < nseq; ++s) {
+      // One draw per statement: the order of two calls in one expression is unspecified (GCC
+      // and clang differ), and the data must not depend on the compiler.
+      const Mat<double> noise = normal(positions, cols);
+      abar += normal(positions, k) * basis + 1e-3 * noise;
+    }
   } else if (f == Family::flat_massive) {
     const Eigen::Index k = std::min<Eigen::Index>(32, cols / 4);
     Mat<double> basis = orthonormal_rows(k);
@@ -143,7 +148,8 @@ inline Mat<double> activation_family(Family f, Eigen::Index positions, Eigen::In
     for (int c = 0; c < 4; ++c) massive(std::uniform_int_distribution<Eigen::Index>(0, cols - 1)(gen)) =
         (c % 2 ? -massive_factor : massive_factor) * typical;
     for (int s = 0; s < nseq; ++s) {
-      Mat<double> x = normal(positions, k) * basis + noise_sd * normal(positions, cols);
+      const Mat<double> noise = normal(positions, cols);  // (drawn first, as above)
+      Mat<double> x = normal(positions, k) * basis + noise_sd * noise;
       x.row(0) += massive;
       abar += x;
     }
