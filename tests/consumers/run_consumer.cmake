@@ -5,6 +5,7 @@
 # I/O (q2n::io, which pulls in q2n::q2n) and the LAPACK backend (q2n::lapack);
 # add_subdirectory the refinement alone (q2n::q2n);
 # vendoring the same, with nothing but Eigen beside the copied headers.
+# Each route compiles with the compiler of the build that runs it.
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 
@@ -20,7 +21,7 @@ if(ROUTE STREQUAL "find_package")
   # Install the package into a private prefix, then consume it like any installed library.
   run(${CMAKE_COMMAND} --install ${Q2N_BINARY_DIR} --prefix ${WORK_DIR}/prefix)
   run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build -DQ2N_ROUTE=find_package
-      -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
   run(${CMAKE_COMMAND} --build ${WORK_DIR}/build --target consumer_full)
   run(${WORK_DIR}/build/consumer_full ${WORK_DIR}/out.safetensors)
   # A component the package does not have is reported as missing, not silently accepted.
@@ -33,7 +34,7 @@ if(ROUTE STREQUAL "find_package")
   endif()
 elseif(ROUTE STREQUAL "add_subdirectory")
   run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${WORK_DIR}/build -DQ2N_ROUTE=add_subdirectory
-      -DQ2N_SOURCE_DIR=${Q2N_SOURCE_DIR})
+      -DCMAKE_CXX_COMPILER=${CXX} -DQ2N_SOURCE_DIR=${Q2N_SOURCE_DIR})
   run(${CMAKE_COMMAND} --build ${WORK_DIR}/build --target consumer)
   run(${WORK_DIR}/build/consumer)
 elseif(ROUTE STREQUAL "vendored")

@@ -62,14 +62,17 @@ void panel_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, typename std::deca
   for (Eigen::Index p = 0; p < panels; ++p) panel(p);
 }
 
-/// Calls f(i) for i in [0, count), dealt round-robin to the threads when not already inside a
-/// parallel region (then Eigen products inside f run serially with Eigen's single-thread
-/// blocking, as in panel_product); inside one, on the calling thread. f must not throw.
+/// Calls f(i) for i in [0, count), each index taken in order by whichever thread is free when
+/// not already inside a parallel region (then Eigen products inside f run serially with Eigen's
+/// single-thread blocking, as in panel_product); inside one, on the calling thread. Callers
+/// number unequal pieces of work heaviest first, so that the last ones taken are the small
+/// ones that even out the threads. f(i) must compute the same bits on any thread and must not
+/// throw.
 template <class F>
 void for_each_index(Eigen::Index count, F&& f) {
 #if defined(_OPENMP)
   if (!omp_in_parallel()) {
-#pragma omp parallel for schedule(static, 1)
+#pragma omp parallel for schedule(dynamic, 1)
     for (Eigen::Index i = 0; i < count; ++i) f(i);
     return;
   }
