@@ -325,6 +325,13 @@ class NullSpace {
     cut_ = find_cut(eigenvalues_, options.threshold, options.rule);
   }
 
+  // Whether the r-th kept eigenvalue lies within ten times the ~t·eps·s0 level at which a
+  // solver in Work resolves eigenvalues of the t × t Gram matrix (s descending).
+  template <class Work>
+  static bool below_gram_floor(const Eigen::VectorXd& s, Eigen::Index r, Eigen::Index t) {
+    return r > 0 && s(r - 1) <= 10 * s(0) * static_cast<double>(t) * std::numeric_limits<Work>::epsilon();
+  }
+
   // Kept basis from eigenvectors z of the Gram matrix, computed in Work: v = Āᵀ z / √s.
   // Returns false when a kept eigenvalue lies within ten times the ~t·eps·s0 level at which
   // the solver resolves eigenvalues of the t × t Gram matrix: its mapped-back vector would be
@@ -334,9 +341,7 @@ class NullSpace {
                      const Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>& z,
                      const Eigen::VectorXd& s) {
     const Eigen::Index r = z.cols();
-    const double floor =
-        s(0) * static_cast<double>(a.rows()) * std::numeric_limits<Work>::epsilon();
-    if (r > 0 && s(r - 1) <= 10 * floor) return false;
+    if (below_gram_floor<Work>(s, r, a.rows())) return false;
     const Eigen::Matrix<Work, Eigen::Dynamic, 1> inv_sqrt =
         (s.head(r) / energy_scale_).cwiseSqrt().cwiseInverse().template cast<Work>();
     Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> v(a.cols(), r);
@@ -449,11 +454,13 @@ class NullSpace {
 
   // Dense eigensolve of the lower triangle of m (consumed) by options.solver: sets the spectrum
   // (m's leading eigenvalues, at most cols of them, zeros after them up to cols) and the cut,
-  // and returns the kept leading eigenvectors in descending order.
+  // and returns the kept leading eigenvectors in descending order. gram: m is a Gram matrix
+  // whose vectors are mapped back; when its kept eigenvalues lie under Work's floor there
+  // (below_gram_floor), LAPACK's solve returns no vectors rather than compute useless ones.
   template <class Work>
   Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic> dense_kept(
       Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>&& m, const NullSpaceOptions& options,
-      const char* what) {
+      const char* what, bool gram = false) {
     const Eigen::Index n = m.rows();
     const std::string name = std::string(what) + " (" + std::to_string(n) + " x " +
                              std::to_string(n) + ")";
@@ -465,6 +472,10 @@ class NullSpace {
       detail::LapackEigen<Work> le(std::move(m), name);
       s.head(k) = le.descending().head(k);
       set_spectrum(s, options);
+      // A Gram solve whose kept vectors would map back to rounding noise (map_from_gram) is
+      // judged on the spectrum, before the vectors are paid for.
+      if (gram && below_gram_floor<Work>(eigenvalues_, cut_.kept, n))
+        return Eigen::Matrix<Work, Eigen::Dynamic, Eigen::Dynamic>(n, 0);
       auto kept = le.leading(cut_.kept);
       if (le.mrrr_info() != 0)
         reason_ += " (MRRR failed, info " + std::to_string(le.mrrr_info()) +
@@ -506,8 +517,8 @@ class NullSpace {
     }
     // The nonzero spectra of ĀĀᵀ and ĀᵀĀ coincide; the remaining cols − t values are zero
     // (the Gram side has t < cols).
-    const WorkMatrix z = dense_kept<Work>(std::move(g), options, "AbarAbarᵀ");
-    return map_from_gram<Work>(*ap, z, eigenvalues_);
+    const WorkMatrix z = dense_kept<Work>(std::move(g), options, "AbarAbarᵀ", true);
+    return z.cols() == cut_.kept && map_from_gram<Work>(*ap, z, eigenvalues_);
   }
 
   static constexpr Eigen::Index kDenseUpTo = 384;  // automatic: dense solve up to this n
