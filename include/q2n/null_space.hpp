@@ -466,6 +466,7 @@ class NullSpace {
                              std::to_string(n) + ")";
     const Eigen::Index k = std::min(n, cols_);  // a requested Gram route may have t > cols
     Eigen::VectorXd s = Eigen::VectorXd::Zero(cols_);
+    static_cast<void>(gram);  // (read by the LAPACK branch only)
 #if defined(Q2N_WITH_LAPACKE)
     if (options.solver == DenseSolver::lapack) {
       reason_ += "; dense solve by LAPACK, kept vectors only";
