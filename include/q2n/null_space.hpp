@@ -45,7 +45,8 @@ namespace q2n {
 /// Precision: in float, the Gram route resolves eigenvalues down to about seqlen·ε·s0. When
 /// a kept eigenvalue lies below that (a massive activation makes s0 thousands of times the
 /// cut), the Gram route runs in double instead: the same n × n problem, where the covariance
-/// route would decompose cols × cols.
+/// route would decompose cols × cols. After a partial route that could not decide the cut,
+/// which precision runs is judged from its Krylov space before any dense solve.
 enum class SpectrumRoute {
   automatic,   ///< dense on the smaller side for n ≤ 384, partial otherwise
   covariance,  ///< dense eigendecomposition of `ĀᵀĀ` (cols × cols)
@@ -265,7 +266,8 @@ class NullSpace {
         // activations make it): the same route in double resolves it, at the cost of the
         // n × n solve, where the covariance route would solve a cols × cols problem.
         reason_ += futile
-                       ? "; Gram route in double: float cannot resolve the cut next to s0"
+                       ? "; Gram route in double: float is not certain to resolve the cut "
+                         "next to s0"
                        : "; float Gram cannot resolve kept eigenvalue s_" +
                              std::to_string(cut_.kept - 1) + " next to s0, redone in double";
         if (from_gram<double>(a, options, nullptr)) return;
@@ -355,7 +357,8 @@ class NullSpace {
   // Partial route: block Krylov on the smaller of ĀĀᵀ / ĀᵀĀ, the Krylov space widened until
   // the cut rule is decided by leading Ritz pairs whose residuals are verified small. Returns
   // undecided (caller falls back to the dense route) when the needed width passes a third of
-  // n, and gram_futile when, in addition, a dense Gram solve in Scalar would be refused too.
+  // n, and gram_futile when, in addition, a dense Gram solve in Scalar cannot be shown to
+  // resolve the kept eigenvalues (gram_resolves).
   // Each attempt applies the n × n matrix M as two products through Ā (2·n·N·w multiply-adds
   // for width w) or, once cheaper, forms M (n²·N/2, kept in `small`) and multiplies by it
   // (n²·w); M formed here also serves the dense fallback.
@@ -395,31 +398,37 @@ class NullSpace {
     // LAPACK's, several times cheaper, attempts that end in the dense route cost more than
     // they save sooner: up to width w they cost about 4·n·N·w multiply-adds (each width's
     // products through Ā, the widths doubling), kept within a third of the dense route's
-    // n²·N/2 + 2n³, i.e. w ≤ n/24 + n²/(6N).
+    // n²·N/2 + 2n³, i.e. w ≤ n/24 + n²/(6N). The first space has three blocks, or two when
+    // three pass that cap: at least one is tried, also to estimate the spectrum (gram_resolves).
     const bool lapack = options.solver == DenseSolver::lapack;
     const Eigen::Index cap = std::max<Eigen::Index>(
         2 * block, lapack ? static_cast<Eigen::Index>(nd / 24 + nd * nd / (6 * big)) : n / 3);
-    Eigen::Index width = 0, last_known = 0;
-    Eigen::VectorXd last_theta;
-    for (Eigen::Index blocks = 3; block * blocks <= cap; blocks *= 2) {
+    Eigen::Index width = 0;
+    detail::RitzPairs<Scalar> last;  // the widest space's Ritz pairs
+    for (Eigen::Index blocks = std::min<Eigen::Index>(3, cap / block); block * blocks <= cap;
+         blocks *= 2) {
       width = block * blocks;
       const double w = static_cast<double>(width);
       if (small.size() == 0 && nd * nd * big / 2 + nd * nd * w < 2 * nd * big * w)
         small = product_matrix<Scalar>(a, gram);
-      const auto ritz = detail::block_krylov<Scalar>(n, apply, block, blocks);
+      auto ritz = detail::block_krylov<Scalar>(n, apply, block, blocks);
       if (!ritz.ok) break;
       const Eigen::VectorXd theta = ritz.values.cwiseMax(0.0);
       Eigen::Index known = 0;
       while (known < theta.size() &&
              ritz.residuals(known) <= std::max(rel * theta(known), floor_rel * theta(0)))
         ++known;
-      if (known == 0) continue;
-      last_known = known;
-      last_theta = theta;
+      if (known == 0) {
+        last = std::move(ritz);
+        continue;
+      }
       const Eigen::VectorXd head = theta.head(known) * energy_scale_;
       const auto cut = detail::cut_from_leading(head, cols_, total_, total_ - head(0),
                                                 options.threshold, options.rule);
-      if (!cut) continue;
+      if (!cut) {
+        last = std::move(ritz);
+        continue;
+      }
       cut_ = *cut;
       eigenvalues_ = head;
       reason_ += "; cut decided by " + std::to_string(known) + " verified Ritz pairs of a width-" +
@@ -434,22 +443,54 @@ class NullSpace {
       reason_ += "; Gram vectors below the rounding floor";
       return Partial::gram_futile;  // a dense solve in Scalar has the same floor
     }
-    // Whether a dense float Gram solve would be refused (a kept eigenvalue under ten times its
-    // t·eps·s0 floor, see map_from_gram), judged before paying for it: certainly so when the
-    // smallest verified value is under the floor (the kept ones beyond it are smaller), and
-    // as good as certain when the mean of the eigenvalues not yet verified is: a cut the Krylov
-    // space could not reach lies in that bulk, around its mean. A wrong guess costs time (the solve
-    // runs in double), never accuracy.
     reason_ += "; the cut needs more than a width-" + std::to_string(width) +
                " Krylov space (" + (lapack ? "n/24 + n²/6N" : "n/3") +
                ") can decide, dense route instead";
-    if (gram && last_known > 0) {
-      const double floor10 = 10 * static_cast<double>(a.rows()) * eps * last_theta(0);
-      const double mean_rest =
-          (total_ / energy_scale_ - last_theta.head(last_known).sum()) / (nd - last_known);
-      if (last_theta(last_known - 1) <= floor10 || mean_rest <= floor10) return Partial::gram_futile;
-    }
+    if (gram && last.values.size() > 1 && !gram_resolves(last, a.rows(), options))
+      return Partial::gram_futile;
     return Partial::undecided;
+  }
+
+  // Whether a dense Gram solve in Scalar will resolve the kept eigenvalues of a cut the
+  // partial route could not decide, judged from that route's widest Krylov space before the
+  // solve is paid for: the smallest kept eigenvalue s_{r−1} must clear ten times the t·ε·s0
+  // floor (below_gram_floor); s0 is taken as θ_0 plus its residual (the top of the interval
+  // the residual puts an eigenvalue in).
+  // - A bound: the rule did not hold at r − 1, so the eigenvalues from r on (at most n − r
+  //   nonzero, each at most s_{r−1}) outweigh t times the head before them, which gives
+  //   s_{r−1} > t·T / ((1 + t)·n + t) with T the rule's total (the trace without s0 for the
+  //   paper rule; its only cut without an earlier step, r = 2, has s_1 ≥ θ_1, as Ritz values
+  //   bound eigenvalues from below), and t·trace / ((1 + t)·n) for the plain rule. When the
+  //   bound clears the floor, float certainly resolves the cut.
+  // - An estimate, for spectra where the bound is loose (it is within 2-5x of s_{r−1} on the
+  //   activation families): the Krylov space grew from random vectors, so its Ritz values
+  //   with their quadrature weights (RitzPairs::weights) sample the whole spectrum, as in
+  //   stochastic Lanczos quadrature. The cut keeps a head of about T / (1 + t); s_{r−1} is
+  //   estimated as the Ritz value at which the weighted energies, summed from the top (θ_0
+  //   counted once as s0, the rest scaled to T), reach it.
+  // A wrong estimate costs time (a float spectrum thrown away, or a double solve where float
+  // would have done), never accuracy.
+  bool gram_resolves(const detail::RitzPairs<Scalar>& ritz, Eigen::Index t_rows,
+                     const NullSpaceOptions& options) const {
+    const Eigen::VectorXd theta = ritz.values.cwiseMax(0.0);
+    const double t = options.threshold, n = static_cast<double>(std::min(t_rows, cols_));
+    const double s0 = theta(0) + ritz.residuals(0), trace = total_ / energy_scale_;
+    const bool paper = options.rule == CutRule::paper;
+    const double total = paper ? std::max(trace - s0, 0.0) : trace;
+    const double floor10 = 10 * static_cast<double>(t_rows) *
+                           std::numeric_limits<Scalar>::epsilon() * s0;
+    const double bound = paper ? std::min(t * total / ((1 + t) * n + t), theta(1))
+                               : t * total / ((1 + t) * n);
+    if (bound > floor10) return true;
+    double rest = 0;  // Σ_{j≥1} w_j θ_j
+    for (Eigen::Index j = 1; j < theta.size(); ++j) rest += ritz.weights(j) * theta(j);
+    const double scale = rest > 0 ? std::max(trace - s0, 0.0) / rest : 0;
+    double head = paper ? 0 : s0, estimate = 0;
+    for (Eigen::Index j = 1; j < theta.size() && estimate == 0; ++j) {
+      head += scale * ritz.weights(j) * theta(j);
+      if (head >= total / (1 + t)) estimate = theta(j);
+    }
+    return estimate > floor10;
   }
 
   // Dense eigensolve of the lower triangle of m (consumed) by options.solver: sets the spectrum
