@@ -3,6 +3,7 @@
 // split, determinism of the seeded draws, and bad input.
 #include <doctest/doctest.h>
 
+#include <q2n/detail/transpose.hpp>
 #include <q2n/transforms.hpp>
 
 #include "test_util.hpp"
@@ -60,6 +61,33 @@ TEST_CASE("fwht is Sylvester's Hadamard matrix") {
   Eigen::MatrixXd M = q2n_test::gaussian<double>(3, 8, 1), want = M * Eigen::MatrixXd::NullaryExpr(8, 8, [](Eigen::Index i, Eigen::Index j) { return sylvester(i, j); });
   for (Eigen::Index r = 0; r < 3; ++r) q2n::fwht(M.row(r).data(), 8, 3);
   CHECK((M - want).cwiseAbs().maxCoeff() <= 1e-14);
+  // The contiguous path takes two stages per pass (one alone at the end when log2 n is odd):
+  // the same additions in the same order as the strided path's one stage per pass, so the
+  // same bits, for even and odd log2 n.
+  for (Eigen::Index n : {2, 8, 16, 512, 2048, 4096}) {
+    CAPTURE(n);
+    Eigen::MatrixXf rows = q2n_test::gaussian<float>(2, n, 3);  // row 0 strided by 2
+    Eigen::VectorXf col = rows.row(0).transpose();
+    q2n::fwht(rows.row(0).data(), n, 2);
+    q2n::fwht(col.data(), n);
+    CHECK((col.transpose().array() == rows.row(0).array()).all());
+  }
+}
+
+TEST_CASE("symmetrize_in_place averages A and Aᵀ exactly, on any block boundary") {
+  // Against the elementwise formula, bit for bit; the sizes cover one partial block, one
+  // whole 64-entry block, one past it, and several.
+  for (Eigen::Index n : {1, 5, 64, 65, 200}) {
+    CAPTURE(n);
+    Eigen::MatrixXf a = q2n_test::gaussian<float>(n, n, 9);
+    const Eigen::MatrixXf a0 = a;
+    q2n::detail::symmetrize_in_place(a);
+    Eigen::Index wrong = 0;
+    for (Eigen::Index j = 0; j < n; ++j)
+      for (Eigen::Index i = 0; i < n; ++i)
+        wrong += a(i, j) != (i == j ? a0(i, i) : (a0(i, j) + a0(j, i)) / 2.f);
+    CHECK(wrong == 0);
+  }
 }
 
 TEST_CASE("Paley constructions give Hadamard matrices of every order the LLM widths need") {

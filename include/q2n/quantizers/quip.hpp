@@ -151,24 +151,48 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   Transforms<Scalar> tf;
 
   // 1. Rescale (double arithmetic for the factors) and, before incoherence, normalize H's
-  // trace to cols and add 0.01 to its diagonal: w ← w diag(s), h ← c · diag(s)⁻¹ h diag(s)⁻¹,
-  // each in one pass.
+  // trace to cols and add 0.01 to its diagonal: w ← w diag(s), h ← c · diag(s)⁻¹ h diag(s)⁻¹.
+  // 2. Incoherence: w ← U w Vᵀ, h ← V h Vᵀ.
+  // U w and V h act on each column alone, so each is done in the same pass as that column's
+  // scaling, by chunks of columns shared among the threads: every column is computed the same
+  // way on any number of them (a maximum has no rounding), and chunks of 256 columns are the
+  // Kronecker transform's own, so the bits are those of one pass after the other.
   const auto t_start = Clock::now();
   const bool incoherent = o.incoherence != Incoherence::none;
-  Vector inv_s = Vector::Ones(cols);
+  if (incoherent) {
+    std::mt19937_64 g(o.seed);
+    const std::uint64_t seed_u = g(), seed_v = g();
+    tf.output = incoherence_transform<Scalar>(o.incoherence, rows, seed_u);
+    tf.input = incoherence_transform<Scalar>(o.incoherence, cols, seed_v);
+  }
+  constexpr Index kChunk = 256;
+  const Index chunks = (cols + kChunk - 1) / kChunk;
+  const auto each_chunk = [&](auto&& f) {  // f(first column, count)
+    detail::for_each_index(chunks, [&](Index c) { f(c * kChunk, std::min(kChunk, cols - c * kChunk)); });
+  };
+  Vector s = Vector::Ones(cols), inv_s = Vector::Ones(cols);
+  double hmax = 1;
+  if (o.rescale) {
+    std::vector<Scalar> chunk_max(static_cast<std::size_t>(chunks));
+    each_chunk([&](Index j0, Index len) {
+      chunk_max[static_cast<std::size_t>(j0 / kChunk)] = h.middleCols(j0, len).cwiseAbs().maxCoeff();
+    });
+    hmax = static_cast<double>(*std::max_element(chunk_max.begin(), chunk_max.end()));
+  }
+  each_chunk([&](Index j0, Index len) {
+    if (o.rescale)
+      for (Index j = j0; j < j0 + len; ++j) {
+        const double d = std::max(static_cast<double>(h(j, j)) / hmax, 1e-8);
+        const double c = std::max(static_cast<double>(w.col(j).template cast<double>().squaredNorm()), 1e-8);
+        s(j) = static_cast<Scalar>(std::max(std::pow(d / c, 0.25), 1e-8));
+        w.col(j) *= s(j);
+      }
+    if (incoherent) tf.output->apply(w.middleCols(j0, len), false);
+  });
   double hscale = 1;
   if (o.rescale) {
-    const double hmax = static_cast<double>(h.cwiseAbs().maxCoeff());
-    Vector s(cols);
-    for (Index j = 0; j < cols; ++j) {
-      const double d = std::max(static_cast<double>(h(j, j)) / hmax, 1e-8);
-      const double c = std::max(static_cast<double>(w.col(j).template cast<double>().squaredNorm()), 1e-8);
-      s(j) = static_cast<Scalar>(std::max(std::pow(d / c, 0.25), 1e-8));
-    }
-    for (Index j = 0; j < cols; ++j) w.col(j) *= s(j);
     inv_s = s.cwiseInverse();
     hscale = 1 / hmax;
-    tf.input_scale = std::move(s);
   }
   if (incoherent) {
     double tr = 0;
@@ -177,18 +201,18 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
     hscale *= static_cast<double>(cols) / (tr + 1e-8);
   }
   if (o.rescale || incoherent) {
-    for (Index j = 0; j < cols; ++j) h.col(j).array() *= inv_s.array() * static_cast<Scalar>(inv_s(j) * hscale);
+    each_chunk([&](Index j0, Index len) {
+      for (Index j = j0; j < j0 + len; ++j)
+        h.col(j).array() *= inv_s.array() * static_cast<Scalar>(inv_s(j) * hscale);
+      if (incoherent) {
+        for (Index j = j0; j < j0 + len; ++j) h(j, j) += Scalar(0.01);
+        tf.input->apply(h.middleCols(j0, len), false);
+      }
+    });
   }
-  // 2. Incoherence: w ← U w Vᵀ, h ← V h Vᵀ.
+  if (o.rescale) tf.input_scale = std::move(s);
   if (incoherent) {
-    h.diagonal().array() += Scalar(0.01);
-    std::mt19937_64 g(o.seed);
-    const std::uint64_t seed_u = g(), seed_v = g();
-    tf.output = incoherence_transform<Scalar>(o.incoherence, rows, seed_u);
-    tf.input = incoherence_transform<Scalar>(o.incoherence, cols, seed_v);
-    tf.output->apply(w, false);
     tf.input->apply_right(w, true);
-    tf.input->apply(h, false);
     tf.input->apply_right(h, true);
     symmetrize_in_place(h);
   }
