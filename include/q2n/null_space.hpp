@@ -331,7 +331,13 @@ class NullSpace {
   // solver in Work resolves eigenvalues of the t × t Gram matrix (s descending).
   template <class Work>
   static bool below_gram_floor(const Eigen::VectorXd& s, Eigen::Index r, Eigen::Index t) {
-    return r > 0 && s(r - 1) <= 10 * s(0) * static_cast<double>(t) * std::numeric_limits<Work>::epsilon();
+    return r > 0 && s(r - 1) <= gram_floor<Work>(s(0), t);
+  }
+  // Ten times the ~t·eps·s0 level at which a solver in Work resolves eigenvalues of the
+  // t × t Gram matrix.
+  template <class Work>
+  static double gram_floor(double s0, Eigen::Index t) {
+    return 10 * s0 * static_cast<double>(t) * std::numeric_limits<Work>::epsilon();
   }
 
   // Kept basis from eigenvectors z of the Gram matrix, computed in Work: v = Āᵀ z / √s.
@@ -477,8 +483,7 @@ class NullSpace {
     const double s0 = theta(0) + ritz.residuals(0), trace = total_ / energy_scale_;
     const bool paper = options.rule == CutRule::paper;
     const double total = paper ? std::max(trace - s0, 0.0) : trace;
-    const double floor10 = 10 * static_cast<double>(t_rows) *
-                           std::numeric_limits<Scalar>::epsilon() * s0;
+    const double floor10 = gram_floor<Scalar>(s0, t_rows);
     const double bound = paper ? std::min(t * total / ((1 + t) * n + t), theta(1))
                                : t * total / ((1 + t) * n);
     if (bound > floor10) return true;

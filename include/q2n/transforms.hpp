@@ -52,31 +52,54 @@
 
 namespace q2n {
 
+namespace detail {
+
+/// The fast Walsh–Hadamard transform of m = 2^k blocks of nb contiguous values each (block i
+/// combines with block i + h entry by entry), two stages per pass: the quad (i, i + h,
+/// i + 2h, i + 3h) through stages h and 2h, the same additions in the same order as one stage
+/// after the other, with half the passes over x; the last stage alone when k is odd. NB > 0
+/// fixes nb at compile time (1: a contiguous vector, whose loop over i the compiler
+/// vectorizes).
+template <Eigen::Index NB = 0, class T>
+void fwht_blocks(T* x, Eigen::Index nb, Eigen::Index m) {
+  const Eigen::Index s = NB > 0 ? NB : nb;
+  Eigen::Index h = 1;
+  for (; 4 * h <= m; h *= 4)
+    for (Eigen::Index a = 0; a < m; a += 4 * h)
+      for (Eigen::Index i = a; i < a + h; ++i) {
+        T* x0 = x + i * s;
+        T* x1 = x0 + h * s;
+        T* x2 = x1 + h * s;
+        T* x3 = x2 + h * s;
+        for (Eigen::Index r = 0; r < s; ++r) {
+          const T s01 = x0[r] + x1[r], d01 = x0[r] - x1[r];
+          const T s23 = x2[r] + x3[r], d23 = x2[r] - x3[r];
+          x0[r] = s01 + s23;
+          x1[r] = d01 + d23;
+          x2[r] = s01 - s23;
+          x3[r] = d01 - d23;
+        }
+      }
+  if (h < m)
+    for (Eigen::Index i = 0; i < h; ++i) {
+      T* u = x + i * s;
+      T* v = x + (i + h) * s;
+      for (Eigen::Index r = 0; r < s; ++r) {
+        const T sum = u[r] + v[r], diff = u[r] - v[r];
+        u[r] = sum;
+        v[r] = diff;
+      }
+    }
+}
+
+}  // namespace detail
+
 /// In-place fast Walsh–Hadamard transform (unnormalized, Sylvester order) of n = 2^k values
 /// spaced `stride` apart: x ← H_n x.
 template <class T>
 void fwht(T* x, Eigen::Index n, Eigen::Index stride = 1) {
   if (stride == 1) {
-    // Two stages per pass: the quad (i, i + h, i + 2h, i + 3h) through stages h and 2h, the
-    // same additions in the same order as one stage after the other, with half the passes
-    // over x; the loop over i is contiguous, so the compiler vectorizes it.
-    Eigen::Index h = 1;
-    for (; 4 * h <= n; h *= 4)
-      for (Eigen::Index a = 0; a < n; a += 4 * h)
-        for (Eigen::Index i = a; i < a + h; ++i) {
-          const T s01 = x[i] + x[i + h], d01 = x[i] - x[i + h];
-          const T s23 = x[i + 2 * h] + x[i + 3 * h], d23 = x[i + 2 * h] - x[i + 3 * h];
-          x[i] = s01 + s23;
-          x[i + h] = d01 + d23;
-          x[i + 2 * h] = s01 - s23;
-          x[i + 3 * h] = d01 - d23;
-        }
-    if (h < n)  // the last stage alone when log2 n is odd
-      for (Eigen::Index i = 0; i < h; ++i) {
-        const T u = x[i], v = x[i + h];
-        x[i] = u + v;
-        x[i + h] = u - v;
-      }
+    detail::fwht_blocks<1>(x, 1, n);
     return;
   }
   for (Eigen::Index h = 1; h < n; h *= 2)
@@ -318,7 +341,8 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
         Eigen::Map<Matrix> buf(store.data(), nb, n_);
         buf = M.middleRows(r0, nb);
         if (rows_get_t) sign_columns(buf);
-        for (Eigen::Index a = 0; a < K_; ++a) fwht_columns(buf.data() + a * m * nb, nb, m);
+        // fwht along the columns of each nb × m part: columns i and i + h combine.
+        for (Eigen::Index a = 0; a < K_; ++a) detail::fwht_blocks(buf.data() + a * m * nb, nb, m);
         if (K_ > 1) {
           // Column a·m + b of the block holds entry (a, b) of every row's K × m view, so the
           // block is the (nb·m) × K matrix whose column a is that view's row a.
@@ -342,37 +366,6 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
   }
 
  private:
-  // fwht along the columns of the nb × m column-major block at x: columns i and i + h combine,
-  // two stages per pass as in fwht.
-  static void fwht_columns(Scalar* x, Eigen::Index nb, Eigen::Index m) {
-    Eigen::Index h = 1;
-    for (; 4 * h <= m; h *= 4)
-      for (Eigen::Index a = 0; a < m; a += 4 * h)
-        for (Eigen::Index i = a; i < a + h; ++i) {
-          Scalar* x0 = x + i * nb;
-          Scalar* x1 = x0 + h * nb;
-          Scalar* x2 = x1 + h * nb;
-          Scalar* x3 = x2 + h * nb;
-          for (Eigen::Index r = 0; r < nb; ++r) {
-            const Scalar s01 = x0[r] + x1[r], d01 = x0[r] - x1[r];
-            const Scalar s23 = x2[r] + x3[r], d23 = x2[r] - x3[r];
-            x0[r] = s01 + s23;
-            x1[r] = d01 + d23;
-            x2[r] = s01 - s23;
-            x3[r] = d01 - d23;
-          }
-        }
-    if (h < m)
-      for (Eigen::Index i = 0; i < h; ++i) {
-        Scalar* u = x + i * nb;
-        Scalar* v = x + (i + h) * nb;
-        for (Eigen::Index r = 0; r < nb; ++r) {
-          const Scalar s = u[r], d = v[r];
-          u[r] = s + d;
-          v[r] = s - d;
-        }
-      }
-  }
   void sign_columns(Eigen::Map<Matrix>& B) const {
     if (!signs_.empty())
       for (Eigen::Index i = 0; i < n_; ++i)
