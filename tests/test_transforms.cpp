@@ -208,6 +208,16 @@ TEST_CASE_TEMPLATE("KroneckerTransform equals P_out (A ⊗ B) P_in and is orthog
   Mat<T> X = q2n_test::gaussian<T>(n, 3, 2), Y = X;
   t.apply(Y, true);
   CHECK((Y - D.transpose() * X).cwiseAbs().maxCoeff() <= tol_rt<T>());
+  // Column ranges that start at multiples of kColumnChunk give the bits of one call (QuIP
+  // applies the transform to such ranges, each right after its rescaling).
+  constexpr Eigen::Index w = q2n::KroneckerTransform<T>::kColumnChunk;
+  for (const bool transpose : {false, true}) {
+    Mat<T> whole = q2n_test::gaussian<T>(n, 2 * w + 5, 4), parts = whole;
+    t.apply(whole, transpose);
+    for (Eigen::Index c0 = 0; c0 < parts.cols(); c0 += w)
+      t.apply(parts.middleCols(c0, std::min(w, parts.cols() - c0)), transpose);
+    CHECK(parts == whole);
+  }
   const auto again = q2n::KroneckerTransform<T>::random(n, 9);
   CHECK(again.dense() == D);
   CHECK(q2n::KroneckerTransform<T>::random(n, 10).dense() != D);

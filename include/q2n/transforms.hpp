@@ -440,6 +440,13 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     return KroneckerTransform(std::move(A), std::move(B), std::move(pin), std::move(pout));
   }
 
+  /// apply() works on chunks of this many columns (the last one narrower), and a column's
+  /// rounding depends on its place in its chunk: a caller that applies the transform to
+  /// column ranges starting at multiples of this width gets the bits of one call on all
+  /// columns. (Chunks of 64: one application to a 4096² float matrix 0.031 s with 256,
+  /// 0.024 s with 64; 14336 × 4096, 0.16 s and 0.13 s: the buffers stay in the cache.)
+  static constexpr Eigen::Index kColumnChunk = 64;
+
   Eigen::Index size() const override { return n_; }
   const Matrix& left() const { return a_; }
   const Matrix& right() const { return b_; }
@@ -449,63 +456,93 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
     detail::check_transform_rows(*this, X.rows(), "q2n::KroneckerTransform::apply");
     // Column x as p × q row-major Y is, in memory, the q × p column-major C = Yᵀ, and
-    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ. So a chunk of columns, side by side, is one q × (p·w)
-    // matrix: B times it is one large product, then each column's block is multiplied by Aᵀ.
-    // (Tᵀ x: Bᵀ C A.) The products have fixed panels and the blocks are independent, so the
-    // result does not depend on the thread count.
+    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ (Tᵀ x: Bᵀ C A). A chunk of w columns is stored with
+    // entry (b, a) of column c at b + q·(c + w·a): as q × (w·p) it is every column's C side by
+    // side (B C: one large product), as (q·w) × p it is every column's C stacked (C Aᵀ: one
+    // large product). The products have fixed panels and the copies are entry by entry, so
+    // the result does not depend on the thread count.
     const Eigen::Index p = a_.rows(), q = b_.rows(), cols = X.cols();
-    constexpr Eigen::Index kChunk = 256;
-    Matrix Y(n_, std::min(kChunk, cols)), Z(n_, std::min(kChunk, cols));
+    const Eigen::Index width = std::min(kColumnChunk, cols);
+    Matrix Y(n_, width), Z(n_, width);
     const std::vector<int>& first = transpose ? out_ : in_;
     const std::vector<int>& last = transpose ? in_ : out_;
-    for (Eigen::Index c0 = 0; c0 < cols; c0 += kChunk) {
-      const Eigen::Index w = std::min(kChunk, cols - c0);
-      for (Eigen::Index c = 0; c < w; ++c)
-        gather_or_scatter(X.col(c0 + c).data(), Y.col(c).data(), first, /*gather=*/!transpose);
-      Eigen::Map<Matrix> Yv(Y.data(), q, p * w), Zv(Z.data(), q, p * w);
-      if (transpose) detail::panel_product(Zv, b_.transpose(), Yv, Scalar(1), false);
-      else detail::panel_product(Zv, b_, Yv, Scalar(1), false);
+    for (Eigen::Index c0 = 0; c0 < cols; c0 += kColumnChunk) {
+      const Eigen::Index w = std::min(kColumnChunk, cols - c0);
+      // Each column is permuted in a contiguous buffer, then moved in runs of q entries:
+      // entry a·q + b of column c lives at b + q·(c + w·a).
+      const auto each_column = [&](auto&& f) {
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (w > 1 && !omp_in_parallel())
+#pragma omp parallel if (w > 1 && !omp_in_parallel())
 #endif
-      for (Eigen::Index c = 0; c < w; ++c) {
-        Eigen::Map<Matrix> Zc(Z.col(c).data(), q, p), Yc(Y.col(c).data(), q, p);
-        if (transpose) Yc.noalias() = Zc * a_;
-        else Yc.noalias() = Zc * a_.transpose();
-        gather_or_scatter(Y.col(c).data(), X.col(c0 + c).data(), last, /*gather=*/!transpose);
-      }
+        {
+          std::vector<Scalar> v(static_cast<std::size_t>(n_));
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+          for (Eigen::Index c = 0; c < w; ++c) f(c, v.data());
+        }
+      };
+      each_column([&](Eigen::Index c, Scalar* v) {
+        gather_or_scatter(X.col(c0 + c).data(), v, first, /*gather=*/!transpose);
+        for (Eigen::Index a = 0; a < p; ++a) std::copy(v + a * q, v + (a + 1) * q, Y.data() + q * (c + w * a));
+      });
+      Eigen::Map<Matrix> Yw(Y.data(), q, w * p), Zw(Z.data(), q, w * p);
+      if (transpose) detail::panel_product(Zw, b_.transpose(), Yw, Scalar(1), false);
+      else detail::panel_product(Zw, b_, Yw, Scalar(1), false);
+      Eigen::Map<Matrix> Ys(Y.data(), q * w, p), Zs(Z.data(), q * w, p);
+      if (transpose) detail::panel_product(Ys, Zs, a_, Scalar(1), false);
+      else detail::panel_product(Ys, Zs, a_.transpose(), Scalar(1), false);
+      each_column([&](Eigen::Index c, Scalar* v) {
+        for (Eigen::Index a = 0; a < p; ++a) {
+          const Scalar* y = Y.data() + q * (c + w * a);
+          std::copy(y, y + q, v + a * q);
+        }
+        gather_or_scatter(v, X.col(c0 + c).data(), last, /*gather=*/!transpose);
+      });
     }
   }
 
   void apply_right(Eigen::Ref<Matrix> M, bool transpose) const override {
     detail::check_transform_cols(*this, M.cols(), "q2n::KroneckerTransform::apply_right");
-    // Row r becomes r T = (Tᵀ rᵀ)ᵀ, or r Tᵀ = (T rᵀ)ᵀ. In Y = M with its columns permuted,
-    // column a·q + b holds entry (a, b) of every row's p × q view: B acts on each of the p
-    // column blocks of width q (one product per block), and A on the (rows·q) × p matrix that
-    // is the same memory (one large product). Blocks and panels are fixed by the shape: the
-    // result does not depend on the thread count.
+    // Row r becomes r T = (Tᵀ rᵀ)ᵀ, or r Tᵀ = (T rᵀ)ᵀ. A block of rows is copied, its columns
+    // permuted, into a buffer Y, where column a·q + b holds entry (a, b) of every row's p × q
+    // view: B acts on each of the p column blocks of width q (one product per block, into Z),
+    // and A on the (rows·q) × p matrix that is Z's memory (one product, back into Y), which is
+    // then copied back, permuted. Two buffers per thread, used for every block it takes, and
+    // blocks fixed by the shape: the result does not depend on the thread count.
     const bool rows_get_t = transpose;
     const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
     const std::vector<int>& first = rows_get_t ? in_ : out_;
     const std::vector<int>& last = rows_get_t ? out_ : in_;
-    Matrix Y(rows, n_);
-    permute_columns_of(M, Y, first, /*gather=*/rows_get_t);
-    detail::for_each_index(p, [&](Eigen::Index a) {
-      Matrix t;
-      if (rows_get_t) t.noalias() = Y.middleCols(a * q, q) * b_.transpose();
-      else t.noalias() = Y.middleCols(a * q, q) * b_;
-      Y.middleCols(a * q, q) = t;
-    });
-    Eigen::Map<Matrix> Yv(Y.data(), rows * q, p);
-    constexpr Eigen::Index kChunk = 8192;
-    detail::for_each_index((rows * q + kChunk - 1) / kChunk, [&](Eigen::Index c) {
-      const Eigen::Index r0 = c * kChunk, h = std::min(kChunk, rows * q - r0);
-      Matrix t;
-      if (rows_get_t) t.noalias() = Yv.middleRows(r0, h) * a_.transpose();
-      else t.noalias() = Yv.middleRows(r0, h) * a_;
-      Yv.middleRows(r0, h) = t;
-    });
-    permute_columns_of(Y, M, last, /*gather=*/rows_get_t);
+    // Rows per block: buffers of about 4 MiB each (2^20 entries of float), which fit in the
+    // last-level cache of both threads, a multiple of 16 from 16 to 256 rows. (One product
+    // on a 4096² float matrix: 0.033 s with 16-row blocks, 0.021 s with 256; 14336²: 0.75 s
+    // with 16, 0.58-0.63 s with 64 or 73.)
+    const Eigen::Index rb = std::clamp<Eigen::Index>((Eigen::Index{1} << 20) / n_ / 16 * 16, 16, 256);
+    const Eigen::Index blocks = (rows + rb - 1) / rb;
+    // A team even for one block: Eigen multiplies serially inside it, as on every block.
+#if defined(_OPENMP)
+#pragma omp parallel if (!omp_in_parallel())
+#endif
+    {
+      Matrix ystore(std::min(rb, rows), n_), zstore(std::min(rb, rows), n_);
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (Eigen::Index blk = 0; blk < blocks; ++blk) {
+        const Eigen::Index r0 = blk * rb, nb = std::min(rb, rows - r0);
+        Eigen::Map<Matrix> Y(ystore.data(), nb, n_), Z(zstore.data(), nb, n_);
+        permute_columns_of(M.middleRows(r0, nb), Y, first, /*gather=*/rows_get_t);
+        for (Eigen::Index a = 0; a < p; ++a) {
+          if (rows_get_t) Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_.transpose();
+          else Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_;
+        }
+        Eigen::Map<Matrix> Zs(Z.data(), nb * q, p), Ys(Y.data(), nb * q, p);
+        if (rows_get_t) Ys.noalias() = Zs * a_.transpose();
+        else Ys.noalias() = Zs * a_;
+        permute_columns_of(Y, M.middleRows(r0, nb), last, /*gather=*/rows_get_t);
+      }
+    }
   }
 
   /// The n × n matrix.

@@ -155,8 +155,9 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   // 2. Incoherence: w ← U w Vᵀ, h ← V h Vᵀ.
   // U w and V h act on each column alone, so each is done in the same pass as that column's
   // scaling, by chunks of columns shared among the threads: every column is computed the same
-  // way on any number of them (a maximum has no rounding), and chunks of 256 columns are the
-  // Kronecker transform's own, so the bits are those of one pass after the other.
+  // way on any number of them (a maximum has no rounding), and the chunks are the Kronecker
+  // transform's own (KroneckerTransform::kColumnChunk), so the bits are those of one pass
+  // after the other.
   const auto t_start = Clock::now();
   const bool incoherent = o.incoherence != Incoherence::none;
   if (incoherent) {
@@ -165,7 +166,7 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
     tf.output = incoherence_transform<Scalar>(o.incoherence, rows, seed_u);
     tf.input = incoherence_transform<Scalar>(o.incoherence, cols, seed_v);
   }
-  constexpr Index kChunk = 256;
+  constexpr Index kChunk = KroneckerTransform<Scalar>::kColumnChunk;
   const Index chunks = (cols + kChunk - 1) / kChunk;
   const auto each_chunk = [&](auto&& f) {  // f(first column, count)
     detail::for_each_index(chunks, [&](Index c) { f(c * kChunk, std::min(kChunk, cols - c * kChunk)); });
