@@ -223,6 +223,39 @@ TEST_CASE_TEMPLATE("KroneckerTransform equals P_out (A ⊗ B) P_in and is orthog
   CHECK(q2n::KroneckerTransform<T>::random(n, 10).dense() != D);
 }
 
+TEST_CASE_TEMPLATE("KroneckerTransform::complete_conjugation is T S Tᵀ, exactly symmetric", T,
+                   Q2N_TEST_SCALARS) {
+  // n = 600 = 20 · 30 in blocks of 256 rows: the first block needs 9 of the 20 column blocks,
+  // the second 18, the last all, so the restriction is exercised; with an output permutation
+  // the general route (apply_right, mean of the triangles) runs instead. Against V S Vᵀ with V
+  // formed densely in double. Tolerance: S has O(1) entries (max about 8 here) and each entry
+  // of the result passes through 2(p + q) = 100 rounded products and sums of O(1) terms, so
+  // 100 · 8 · eps bounds its error with room (observed: under a tenth of it).
+  const Eigen::Index n = 600;
+  const auto full = q2n::KroneckerTransform<T>::random(n, 3);
+  REQUIRE(full.left().rows() == 20);
+  REQUIRE(full.right().rows() == 30);
+  const double tol = 100 * 8 * double(std::numeric_limits<T>::epsilon());
+  Mat<T> S = q2n_test::gaussian<T>(n, n, 12);
+  S = (S + S.transpose()).eval();
+  REQUIRE(S.cwiseAbs().maxCoeff() <= 8);
+  for (const bool with_out : {false, true}) {
+    CAPTURE(with_out);
+    const q2n::KroneckerTransform<T> t =
+        with_out ? full : q2n::KroneckerTransform<T>(full.left(), full.right(), full.perm_in());
+    const Eigen::MatrixXd V = t.dense().template cast<double>();
+    const Eigen::MatrixXd want = V * S.template cast<double>() * V.transpose();
+    Mat<T> G = S;
+    t.apply(G, false);
+    t.complete_conjugation(G);
+    CHECK(G == G.transpose());
+    CHECK((G.template cast<double>() - want).cwiseAbs().maxCoeff() <= tol);
+  }
+  Mat<T> wrong(n, n - 1);
+  CHECK_THROWS_WITH_AS(full.complete_conjugation(wrong), doctest::Contains("G is 600 x 599"),
+                       std::invalid_argument);
+}
+
 TEST_CASE_TEMPLATE("apply_right is the product from the right, on any rows and any stride", T, Q2N_TEST_SCALARS) {
   // Each fast transform's own row-wise action against M·T and M·Tᵀ by its dense form in double;
   // DenseTransform goes through the default (transposed copies). 300 rows cut into several row

@@ -16,7 +16,8 @@
 /// - KroneckerTransform: `P_out (A ⊗ B) P_in` with A (p × p), B (q × q) orthogonal and two
 ///   permutations (QuIP's incoherence transform); cost per vector n·(p + q). random() draws A
 ///   and B Haar-distributed and the permutations uniformly from a seed, with n = p·q split as
-///   QuIP does.
+///   QuIP does. complete_conjugation() finishes T S Tᵀ for a symmetric S from T S with about
+///   half the products of apply_right().
 ///
 /// Random draws use std::mt19937_64's raw output (specified by the C++ standard), never the
 /// library-defined distributions, so a seed gives the same transform with any standard library.
@@ -32,6 +33,7 @@
 
 #include <q2n/detail/check.hpp>
 #include <q2n/detail/parallel.hpp>
+#include <q2n/detail/transpose.hpp>
 #include <q2n/storage.hpp>
 
 #include <Eigen/Core>
@@ -514,11 +516,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
     const std::vector<int>& first = rows_get_t ? in_ : out_;
     const std::vector<int>& last = rows_get_t ? out_ : in_;
-    // Rows per block: buffers of about 4 MiB each (2^20 entries of float), which fit in the
-    // last-level cache of both threads, a multiple of 16 from 16 to 256 rows. (One product
-    // on a 4096² float matrix: 0.033 s with 16-row blocks, 0.021 s with 256; 14336²: 0.75 s
-    // with 16, 0.58-0.63 s with 64 or 73.)
-    const Eigen::Index rb = std::clamp<Eigen::Index>((Eigen::Index{1} << 20) / n_ / 16 * 16, 16, 256);
+    const Eigen::Index rb = row_block();
     const Eigen::Index blocks = (rows + rb - 1) / rb;
     // A team even for one block: Eigen multiplies serially inside it, as on every block.
 #if defined(_OPENMP)
@@ -545,6 +543,49 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     }
   }
 
+  /// For G = T S with S symmetric (T S from apply()): G ← G Tᵀ = T S Tᵀ, exactly symmetric.
+  /// Without an output permutation, row r of G is output r of A ⊗ B, and the lower triangle
+  /// needs only the columns up to r: a block of rows gets A and B on the column blocks that
+  /// reach its last row (about half of apply_right's products), and the lower triangle is
+  /// then copied onto the upper one. With an output permutation: apply_right, then the mean
+  /// of the two triangles.
+  void complete_conjugation(Matrix& G) const {
+    const char* fn = "q2n::KroneckerTransform::complete_conjugation";
+    if (G.rows() != n_ || G.cols() != n_)
+      detail::fail(fn, ": G is ", G.rows(), " x ", G.cols(), "; pass the ", n_, " x ", n_,
+                   " product T S");
+    if (!out_.empty()) {
+      apply_right(G, true);
+      detail::symmetrize_in_place(G);
+      return;
+    }
+    const Eigen::Index p = a_.rows(), q = b_.rows(), rb = row_block(), blocks = (n_ + rb - 1) / rb;
+    // Row r becomes (A ⊗ B) P_in r in buffers laid out as in apply_right, A first, since its
+    // outputs are the column blocks the restriction cuts. The blocks are taken heaviest first
+    // and fixed by the shape: the result does not depend on the thread count.
+#if defined(_OPENMP)
+#pragma omp parallel if (!omp_in_parallel())
+#endif
+    {
+      Matrix ystore(std::min(rb, n_), n_), zstore(std::min(rb, n_), n_);
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (Eigen::Index k = 0; k < blocks; ++k) {
+        const Eigen::Index r0 = (blocks - 1 - k) * rb, nb = std::min(rb, n_ - r0);
+        const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
+        Eigen::Map<Matrix> Y(ystore.data(), nb, n_), Z(zstore.data(), nb, n_);
+        permute_columns_of(G.middleRows(r0, nb), Y, in_, /*gather=*/true);
+        Eigen::Map<Matrix> Ys(Y.data(), nb * q, p), Zs(Z.data(), nb * q, na);
+        Zs.noalias() = Ys * a_.topRows(na).transpose();
+        for (Eigen::Index c = 0; c < na; ++c)
+          Y.middleCols(c * q, q).noalias() = Z.middleCols(c * q, q) * b_.transpose();
+        G.block(r0, 0, nb, na * q) = Y.leftCols(na * q);
+      }
+    }
+    detail::copy_lower_to_upper(G);
+  }
+
   /// The n × n matrix.
   Matrix dense() const {
     Matrix I = Matrix::Identity(n_, n_);
@@ -553,6 +594,13 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   }
 
  private:
+  // Rows per block of apply_right and complete_conjugation: buffers of about 4 MiB each (2^20
+  // entries of float), which fit in the last-level cache of both threads, a multiple of 16
+  // from 16 to 256 rows. (One product on a 4096² float matrix: 0.033 s with 16-row blocks,
+  // 0.021 s with 256; 14336²: 0.75 s with 16, 0.58-0.63 s with 64 or 73.)
+  Eigen::Index row_block() const {
+    return std::clamp<Eigen::Index>((Eigen::Index{1} << 20) / n_ / 16 * 16, 16, 256);
+  }
   // gather: dst.col(i) = src.col(perm[i]);  scatter: dst.col(perm[i]) = src.col(i).
   template <class Src, class Dst>
   void permute_columns_of(const Src& src, Dst&& dst, const std::vector<int>& perm, bool gather) const {

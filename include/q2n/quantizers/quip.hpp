@@ -44,6 +44,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <q2n/detail/gptq_sweep.hpp>
 #include <q2n/detail/hessian_inverse.hpp>
 #include <q2n/detail/parallel.hpp>
@@ -158,14 +159,27 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   // way on any number of them (a maximum has no rounding), and the chunks are the Kronecker
   // transform's own (KroneckerTransform::kColumnChunk), so the bits are those of one pass
   // after the other.
+  // With the Kronecker transform V = P_out K (K = (A ⊗ B) P_in), h becomes K h Kᵀ instead and
+  // stays in K's order: V h Vᵀ = P_out (K h Kᵀ) P_outᵀ, and LDLQ reads h through a column
+  // permutation of its own, which takes P_out in with it. So no pass over h permutes it, and
+  // the second side of the conjugation is computed for one triangle only
+  // (complete_conjugation). h_order[j] is the index in h of column j of the stored basis.
   const auto t_start = Clock::now();
   const bool incoherent = o.incoherence != Incoherence::none;
+  std::optional<KroneckerTransform<Scalar>> core;
+  std::vector<int> h_order = identity_order(cols);
   if (incoherent) {
     std::mt19937_64 g(o.seed);
     const std::uint64_t seed_u = g(), seed_v = g();
     tf.output = incoherence_transform<Scalar>(o.incoherence, rows, seed_u);
     tf.input = incoherence_transform<Scalar>(o.incoherence, cols, seed_v);
+    if (o.incoherence == Incoherence::kronecker) {  // tf.input is a KroneckerTransform
+      const auto& v = static_cast<const KroneckerTransform<Scalar>&>(*tf.input);
+      core.emplace(v.left(), v.right(), v.perm_in());
+      if (!v.perm_out().empty()) h_order = v.perm_out();
+    }
   }
+  const OrthogonalTransform<Scalar>* h_side = core ? &*core : tf.input.get();
   constexpr Index kChunk = KroneckerTransform<Scalar>::kColumnChunk;
   const Index chunks = (cols + kChunk - 1) / kChunk;
   const auto each_chunk = [&](auto&& f) {  // f(first column, count)
@@ -207,25 +221,41 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
         h.col(j).array() *= inv_s.array() * static_cast<Scalar>(inv_s(j) * hscale);
       if (incoherent) {
         for (Index j = j0; j < j0 + len; ++j) h(j, j) += Scalar(0.01);
-        tf.input->apply(h.middleCols(j0, len), false);
+        h_side->apply(h.middleCols(j0, len), false);
       }
     });
   }
   if (o.rescale) tf.input_scale = std::move(s);
   if (incoherent) {
     tf.input->apply_right(w, true);
-    tf.input->apply_right(h, true);
-    symmetrize_in_place(h);
+    if (core) {
+      core->complete_conjugation(h);
+    } else {
+      tf.input->apply_right(h, true);
+      symmetrize_in_place(h);
+    }
   }
   diag.seconds.transform = seconds_since(t_start);
 
-  // 3. Dead columns; LDLQ processes the columns from last to first.
-  diag.dead_columns = fix_dead_columns(w, h, identity_order(cols));
-  std::vector<int> perm(static_cast<std::size_t>(cols));
-  for (Index k = 0; k < cols; ++k) perm[static_cast<std::size_t>(k)] = static_cast<int>(cols - 1 - k);
-  Matrix h_damped;  // the greedy passes' H
+  // 3. Dead columns; LDLQ processes the columns from last to first, h's copy in that order
+  // taking h_order in.
+  diag.dead_columns = fix_dead_columns(w, h, h_order);
+  std::vector<int> perm(static_cast<std::size_t>(cols)), h_perm(static_cast<std::size_t>(cols));
+  for (Index k = 0; k < cols; ++k) {
+    perm[static_cast<std::size_t>(k)] = static_cast<int>(cols - 1 - k);
+    h_perm[static_cast<std::size_t>(k)] = h_order[static_cast<std::size_t>(cols - 1 - k)];
+  }
+  // The greedy passes' H, in the stored basis: h_damped(i, j) = h(h_order[i], h_order[j]).
+  Matrix h_damped;
   const bool greedy = o.npasses > 0;
-  if (greedy) h_damped = h;
+  if (greedy) {
+    h_damped.resize(cols, cols);
+    detail::for_each_index(cols, [&](Index j) {
+      const Scalar* src = h.col(h_order[static_cast<std::size_t>(j)]).data();
+      Scalar* dst = h_damped.col(j).data();
+      for (Index i = 0; i < cols; ++i) dst[i] = src[h_order[static_cast<std::size_t>(i)]];
+    });
+  }
 
   // 4. The grid, per row: code u = (w − o_r) / s_r (balanced) or w / s_r + z_r (per row).
   UniformGrid<Scalar> u;
@@ -258,7 +288,7 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
 
   // 5. LDLQ as GPTQ's sweep on the reversed columns.
   Matrix wp = permute_columns(w, perm);
-  const Matrix U = damped_inverse_cholesky<Scalar>(std::move(h), perm, o.damping.percdamp,
+  const Matrix U = damped_inverse_cholesky<Scalar>(std::move(h), h_perm, o.damping.percdamp,
                                                    o.damping.max_retries,
                                                    o.sweep.reference_arithmetic, diag, fn);
   if (greedy) h_damped.diagonal().array() += static_cast<Scalar>(diag.damping);
