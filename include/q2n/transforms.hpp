@@ -510,37 +510,28 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     // permuted, into a buffer Y, where column a·q + b holds entry (a, b) of every row's p × q
     // view: B acts on each of the p column blocks of width q (one product per block, into Z),
     // and A on the (rows·q) × p matrix that is Z's memory (one product, back into Y), which is
-    // then copied back, permuted. Two buffers per thread, used for every block it takes, and
-    // blocks fixed by the shape: the result does not depend on the thread count.
+    // then copied back, permuted (blocks and buffers: each_row_block).
     const bool rows_get_t = transpose;
     const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
     const std::vector<int>& first = rows_get_t ? in_ : out_;
     const std::vector<int>& last = rows_get_t ? out_ : in_;
-    const Eigen::Index rb = row_block();
-    const Eigen::Index blocks = (rows + rb - 1) / rb;
-    // A team even for one block: Eigen multiplies serially inside it, as on every block.
-#if defined(_OPENMP)
-#pragma omp parallel if (!omp_in_parallel())
-#endif
-    {
-      Matrix ystore(std::min(rb, rows), n_), zstore(std::min(rb, rows), n_);
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (Eigen::Index blk = 0; blk < blocks; ++blk) {
-        const Eigen::Index r0 = blk * rb, nb = std::min(rb, rows - r0);
-        Eigen::Map<Matrix> Y(ystore.data(), nb, n_), Z(zstore.data(), nb, n_);
-        permute_columns_of(M.middleRows(r0, nb), Y, first, /*gather=*/rows_get_t);
-        for (Eigen::Index a = 0; a < p; ++a) {
-          if (rows_get_t) Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_.transpose();
-          else Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_;
-        }
-        Eigen::Map<Matrix> Zs(Z.data(), nb * q, p), Ys(Y.data(), nb * q, p);
-        if (rows_get_t) Ys.noalias() = Zs * a_.transpose();
-        else Ys.noalias() = Zs * a_;
-        permute_columns_of(Y, M.middleRows(r0, nb), last, /*gather=*/rows_get_t);
-      }
-    }
+    each_row_block(
+        rows, /*last_first=*/false,
+        [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
+          permute_columns_of(M.middleRows(r0, nb), Y, first, /*gather=*/rows_get_t);
+          for (Eigen::Index a = 0; a < p; ++a) {
+            if (rows_get_t)
+              Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_.transpose();
+            else
+              Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_;
+          }
+          Eigen::Map<Matrix> Zs(Z.data(), nb * q, p), Ys(Y.data(), nb * q, p);
+          if (rows_get_t)
+            Ys.noalias() = Zs * a_.transpose();
+          else
+            Ys.noalias() = Zs * a_;
+          permute_columns_of(Y, M.middleRows(r0, nb), last, /*gather=*/rows_get_t);
+        });
   }
 
   /// For G = T S with S symmetric (T S from apply()): G ← G Tᵀ = T S Tᵀ, exactly symmetric.
@@ -559,30 +550,20 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
       detail::symmetrize_in_place(G);
       return;
     }
-    const Eigen::Index p = a_.rows(), q = b_.rows(), rb = row_block(), blocks = (n_ + rb - 1) / rb;
-    // Row r becomes (A ⊗ B) P_in r in buffers laid out as in apply_right, A first, since its
-    // outputs are the column blocks the restriction cuts. The blocks are taken heaviest first
-    // and fixed by the shape: the result does not depend on the thread count.
-#if defined(_OPENMP)
-#pragma omp parallel if (!omp_in_parallel())
-#endif
-    {
-      Matrix ystore(std::min(rb, n_), n_), zstore(std::min(rb, n_), n_);
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (Eigen::Index k = 0; k < blocks; ++k) {
-        const Eigen::Index r0 = (blocks - 1 - k) * rb, nb = std::min(rb, n_ - r0);
-        const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
-        Eigen::Map<Matrix> Y(ystore.data(), nb, n_), Z(zstore.data(), nb, n_);
-        permute_columns_of(G.middleRows(r0, nb), Y, in_, /*gather=*/true);
-        Eigen::Map<Matrix> Ys(Y.data(), nb * q, p), Zs(Z.data(), nb * q, na);
-        Zs.noalias() = Ys * a_.topRows(na).transpose();
-        for (Eigen::Index c = 0; c < na; ++c)
-          Y.middleCols(c * q, q).noalias() = Z.middleCols(c * q, q) * b_.transpose();
-        G.block(r0, 0, nb, na * q) = Y.leftCols(na * q);
-      }
-    }
+    const Eigen::Index p = a_.rows(), q = b_.rows();
+    // Row r becomes (A ⊗ B) P_in r in the buffers of apply_right, A first, since its outputs
+    // are the column blocks the restriction cuts; the heaviest blocks (the last) first.
+    each_row_block(
+        n_, /*last_first=*/true,
+        [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
+          const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
+          permute_columns_of(G.middleRows(r0, nb), Y, in_, /*gather=*/true);
+          Eigen::Map<Matrix> Ys(Y.data(), nb * q, p), Zs(Z.data(), nb * q, na);
+          Zs.noalias() = Ys * a_.topRows(na).transpose();
+          for (Eigen::Index c = 0; c < na; ++c)
+            Y.middleCols(c * q, q).noalias() = Z.middleCols(c * q, q) * b_.transpose();
+          G.block(r0, 0, nb, na * q) = Y.leftCols(na * q);
+        });
     detail::copy_lower_to_upper(G);
   }
 
@@ -600,6 +581,30 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   // 0.021 s with 256; 14336²: 0.75 s with 16, 0.58-0.63 s with 64 or 73.)
   Eigen::Index row_block() const {
     return std::clamp<Eigen::Index>((Eigen::Index{1} << 20) / n_ / 16 * 16, 16, 256);
+  }
+  // f(r0, nb, Y, Z) for each block of row_block() rows of a matrix with `rows` rows (the last
+  // block first if last_first), Y and Z the nb × n buffers of the thread that takes the block,
+  // reused for all its blocks. Blocks are fixed by the shape and taken by whichever thread is
+  // free; a team is opened even for one block, so Eigen multiplies serially inside it, as on
+  // every block: the result does not depend on the thread count.
+  template <class F>
+  void each_row_block(Eigen::Index rows, bool last_first, F&& f) const {
+    const Eigen::Index rb = row_block(), blocks = (rows + rb - 1) / rb;
+#if defined(_OPENMP)
+#pragma omp parallel if (!omp_in_parallel())
+#endif
+    {
+      Matrix ystore(std::min(rb, rows), n_), zstore(std::min(rb, rows), n_);
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (Eigen::Index k = 0; k < blocks; ++k) {
+        const Eigen::Index r0 = (last_first ? blocks - 1 - k : k) * rb,
+                           nb = std::min(rb, rows - r0);
+        Eigen::Map<Matrix> Y(ystore.data(), nb, n_), Z(zstore.data(), nb, n_);
+        f(r0, nb, Y, Z);
+      }
+    }
   }
   // gather: dst.col(i) = src.col(perm[i]);  scatter: dst.col(perm[i]) = src.col(i).
   template <class Src, class Dst>
