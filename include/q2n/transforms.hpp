@@ -94,6 +94,35 @@ void fwht_blocks(T* x, Eigen::Index nb, Eigen::Index m) {
     }
 }
 
+/// f(r0, nb, Y, Z) for each block of rb rows of a matrix with `rows` rows (the last block first
+/// if last_first), Y and Z nb × cols buffers of the thread that takes the block, reused for all
+/// its blocks (Z empty unless two_buffers: an unused 4 MiB allocation per thread and call cost
+/// 1 ms of 7 in a Hadamard product on 4096²): the row-wise action of a transform, a block
+/// copied into Y and worked on in the cache. Blocks are fixed by the shape and taken by whichever
+/// thread is free; a team is opened even for one block, so Eigen multiplies serially inside it, as
+/// on every block: the result does not depend on the thread count.
+template <class Scalar, class F>
+void for_each_row_block(Eigen::Index rows, Eigen::Index cols, Eigen::Index rb, bool last_first,
+                        bool two_buffers, F&& f) {
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  const Eigen::Index blocks = (rows + rb - 1) / rb;
+#if defined(_OPENMP)
+#pragma omp parallel if (!omp_in_parallel())
+#endif
+  {
+    const Eigen::Index zcols = two_buffers ? cols : 0;
+    Matrix ystore(std::min(rb, rows), cols), zstore(std::min(rb, rows), zcols);
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (Eigen::Index k = 0; k < blocks; ++k) {
+      const Eigen::Index r0 = (last_first ? blocks - 1 - k : k) * rb, nb = std::min(rb, rows - r0);
+      Eigen::Map<Matrix> Y(ystore.data(), nb, cols), Z(zstore.data(), nb, zcols);
+      f(r0, nb, Y, Z);
+    }
+  }
+}
+
 }  // namespace detail
 
 /// In-place fast Walsh–Hadamard transform (unnormalized, Sylvester order) of n = 2^k values
@@ -327,37 +356,28 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
     const Eigen::Index rb =
         K_ == 1 ? std::clamp<Eigen::Index>(((Eigen::Index{1} << 20) / n_) / 16 * 16, 16, 256)
                 : std::clamp<Eigen::Index>(((Eigen::Index{1} << 17) / n_) / 8 * 8, 64, 256);
-    // One buffer (and H_K product) per thread, allocated once rather than per block. Blocks
-    // are taken by whichever thread is free.
-    const Eigen::Index blocks = (rows + rb - 1) / rb;
-#if defined(_OPENMP)
-#pragma omp parallel if (blocks > 1 && !omp_in_parallel())
-#endif
-    {
-      Matrix store(std::min(rb, rows), n_), tmp;
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (Eigen::Index blk = 0; blk < blocks; ++blk) {
-        const Eigen::Index r0 = blk * rb, nb = std::min(rb, rows - r0);
-        Eigen::Map<Matrix> buf(store.data(), nb, n_);
-        buf = M.middleRows(r0, nb);
-        if (rows_get_t) sign_columns(buf);
-        // fwht along the columns of each nb × m part: columns i and i + h combine.
-        for (Eigen::Index a = 0; a < K_; ++a) detail::fwht_blocks(buf.data() + a * m * nb, nb, m);
-        if (K_ > 1) {
-          // Column a·m + b of the block holds entry (a, b) of every row's K × m view, so the
-          // block is the (nb·m) × K matrix whose column a is that view's row a.
-          Eigen::Map<Matrix> V(buf.data(), nb * m, K_);
-          if (rows_get_t) tmp.noalias() = V * hadK_.transpose();
-          else tmp.noalias() = V * hadK_;
-          V = tmp;
-        }
-        buf *= scale_;
-        if (!rows_get_t) sign_columns(buf);
-        M.middleRows(r0, nb) = buf;
-      }
-    }
+    // The block in buf, H_K's product in tmp (K > 1): buffers per thread, allocated once.
+    detail::for_each_row_block<Scalar>(
+        rows, n_, rb, /*last_first=*/false, /*two_buffers=*/K_ > 1,
+        [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& buf, Eigen::Map<Matrix>& tmp) {
+          buf = M.middleRows(r0, nb);
+          if (rows_get_t) sign_columns(buf);
+          // fwht along the columns of each nb × m part: columns i and i + h combine.
+          for (Eigen::Index a = 0; a < K_; ++a) detail::fwht_blocks(buf.data() + a * m * nb, nb, m);
+          if (K_ > 1) {
+            // Column a·m + b of the block holds entry (a, b) of every row's K × m view, so the
+            // block is the (nb·m) × K matrix whose column a is that view's row a.
+            Eigen::Map<Matrix> V(buf.data(), nb * m, K_), P(tmp.data(), nb * m, K_);
+            if (rows_get_t)
+              P.noalias() = V * hadK_.transpose();
+            else
+              P.noalias() = V * hadK_;
+            V = P;
+          }
+          buf *= scale_;
+          if (!rows_get_t) sign_columns(buf);
+          M.middleRows(r0, nb) = buf;
+        });
   }
 
   /// The n × n matrix.
@@ -470,8 +490,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     const std::vector<int>& last = transpose ? in_ : out_;
     for (Eigen::Index c0 = 0; c0 < cols; c0 += kColumnChunk) {
       const Eigen::Index w = std::min(kColumnChunk, cols - c0);
-      // Each column is permuted in a contiguous buffer, then moved in runs of q entries:
-      // entry a·q + b of column c lives at b + q·(c + w·a).
+      // Each column is permuted in a contiguous buffer, then moved into place in runs of q.
       const auto each_column = [&](auto&& f) {
 #if defined(_OPENMP)
 #pragma omp parallel if (w > 1 && !omp_in_parallel())
@@ -510,13 +529,13 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     // permuted, into a buffer Y, where column a·q + b holds entry (a, b) of every row's p × q
     // view: B acts on each of the p column blocks of width q (one product per block, into Z),
     // and A on the (rows·q) × p matrix that is Z's memory (one product, back into Y), which is
-    // then copied back, permuted (blocks and buffers: each_row_block).
+    // then copied back, permuted (blocks and buffers: detail::for_each_row_block).
     const bool rows_get_t = transpose;
     const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
     const std::vector<int>& first = rows_get_t ? in_ : out_;
     const std::vector<int>& last = rows_get_t ? out_ : in_;
-    each_row_block(
-        rows, /*last_first=*/false,
+    detail::for_each_row_block<Scalar>(
+        rows, n_, row_block(), /*last_first=*/false, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
           permute_columns_of(M.middleRows(r0, nb), Y, first, /*gather=*/rows_get_t);
           for (Eigen::Index a = 0; a < p; ++a) {
@@ -553,8 +572,8 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     const Eigen::Index p = a_.rows(), q = b_.rows();
     // Row r becomes (A ⊗ B) P_in r in the buffers of apply_right, A first, since its outputs
     // are the column blocks the restriction cuts; the heaviest blocks (the last) first.
-    each_row_block(
-        n_, /*last_first=*/true,
+    detail::for_each_row_block<Scalar>(
+        n_, n_, row_block(), /*last_first=*/true, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
           const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
           permute_columns_of(G.middleRows(r0, nb), Y, in_, /*gather=*/true);
@@ -581,30 +600,6 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   // 0.021 s with 256; 14336²: 0.75 s with 16, 0.58-0.63 s with 64 or 73.)
   Eigen::Index row_block() const {
     return std::clamp<Eigen::Index>((Eigen::Index{1} << 20) / n_ / 16 * 16, 16, 256);
-  }
-  // f(r0, nb, Y, Z) for each block of row_block() rows of a matrix with `rows` rows (the last
-  // block first if last_first), Y and Z the nb × n buffers of the thread that takes the block,
-  // reused for all its blocks. Blocks are fixed by the shape and taken by whichever thread is
-  // free; a team is opened even for one block, so Eigen multiplies serially inside it, as on
-  // every block: the result does not depend on the thread count.
-  template <class F>
-  void each_row_block(Eigen::Index rows, bool last_first, F&& f) const {
-    const Eigen::Index rb = row_block(), blocks = (rows + rb - 1) / rb;
-#if defined(_OPENMP)
-#pragma omp parallel if (!omp_in_parallel())
-#endif
-    {
-      Matrix ystore(std::min(rb, rows), n_), zstore(std::min(rb, rows), n_);
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (Eigen::Index k = 0; k < blocks; ++k) {
-        const Eigen::Index r0 = (last_first ? blocks - 1 - k : k) * rb,
-                           nb = std::min(rb, rows - r0);
-        Eigen::Map<Matrix> Y(ystore.data(), nb, n_), Z(zstore.data(), nb, n_);
-        f(r0, nb, Y, Z);
-      }
-    }
   }
   // gather: dst.col(i) = src.col(perm[i]);  scatter: dst.col(perm[i]) = src.col(i).
   template <class Src, class Dst>
