@@ -8,10 +8,9 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
-#include <unistd.h>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static const std::string path = "/tmp/q2n_fuzz_config_" + std::to_string(getpid()) + ".json";
+  const std::string path = "fuzz_input.json";  // in the working directory (run_fuzzer.cmake)
   {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));

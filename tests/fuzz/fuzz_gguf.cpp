@@ -12,7 +12,6 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
-#include <unistd.h>
 
 namespace {
 
@@ -84,8 +83,8 @@ void round_trip(const std::uint8_t* data, std::size_t size, const std::string& p
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static const std::string pid = std::to_string(getpid());
-  read_any_file(data, size, "/tmp/q2n_fuzz_gguf_in_" + pid + ".gguf");
-  round_trip(data, size, "/tmp/q2n_fuzz_gguf_rt_" + pid + ".gguf");
+  // Scratch files in the working directory (run_fuzzer.cmake).
+  read_any_file(data, size, "fuzz_input.gguf");
+  round_trip(data, size, "fuzz_round_trip.gguf");
   return 0;
 }

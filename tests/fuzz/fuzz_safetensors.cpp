@@ -4,14 +4,12 @@
 #include <q2n/io/safetensors.hpp>
 
 #include <cstdint>
-#include <cstdio>
 #include <fstream>
 #include <stdexcept>
 #include <string>
-#include <unistd.h>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static const std::string path = "/tmp/q2n_fuzz_st_" + std::to_string(getpid()) + ".safetensors";
+  const std::string path = "fuzz_input.safetensors";  // in the working directory (run_fuzzer.cmake)
   {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));

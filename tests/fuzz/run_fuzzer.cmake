@@ -16,7 +16,8 @@ if(NOT EXISTS ${exe} OR ${SOURCE} IS_NEWER_THAN ${exe})
     message(FATAL_ERROR "building ${NAME} failed:\n${err}")
   endif()
 endif()
-# New inputs go to WORK_DIR/new (the committed corpus is only read). -timeout: no input may
+# New inputs go to WORK_DIR/new (the committed corpus is only read); the harness runs in
+# WORK_DIR and writes its scratch files there. -timeout: no input may
 # take 10 s (inputs take milliseconds; a tighter limit fires falsely on a loaded machine);
 # -rss_limit_mb: nor 2 GB.
 execute_process(COMMAND ${exe} ${WORK_DIR}/new ${CORPUS} -max_total_time=${MAX_SECONDS}
