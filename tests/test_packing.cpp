@@ -5,7 +5,6 @@
 
 #include <Eigen/Core>
 #include <cstdint>
-#include <filesystem>
 #include <q2n/io/safetensors.hpp>
 #include <q2n/packing.hpp>
 #include <random>
@@ -267,17 +266,14 @@ TEST_CASE("packed tensors survive a safetensors round trip") {
   q2n::io::SafetensorsWriter w;
   w.add("qweight", q2n::pack_codes(c, 4), q2n::io::DType::I32);
   w.add("qzeros", q2n::pack_zeros(z, 4, ZeroFormat::v2), q2n::io::DType::I32);
-  const auto path =
-      (std::filesystem::temp_directory_path() /
-       ("q2n_test_packing_" + std::to_string(std::random_device{}()) + ".safetensors"))
-          .string();
+  const q2n_test::TempFile file("packing.safetensors");
+  const std::string path = file.str();
   w.write(path);
   q2n::io::SafetensorsReader r(path);
   CHECK(r.info("qweight").shape == std::vector<std::int64_t>{8, 16});
   CHECK(r.info("qzeros").shape == std::vector<std::int64_t>{2, 2});
   CHECK(q2n::unpack_codes(r.read_matrix<std::int32_t>("qweight"), 4) == c);
   CHECK(q2n::unpack_zeros(r.read_matrix<std::int32_t>("qzeros"), 4, ZeroFormat::v2) == z);
-  std::filesystem::remove(path);
 }
 
 TEST_CASE("packing rejects bad widths, codes and shapes with a message") {

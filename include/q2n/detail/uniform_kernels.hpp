@@ -50,6 +50,16 @@ inline T uniform_level(T x, T s, T z, T maxq) noexcept {
   return t;
 }
 
+#if !defined(XSIMD_NO_SUPPORTED_ARCHITECTURE)
+/// Batch form of uniform_level: the same operations, lane by lane.
+template <class T, class A>
+inline xsimd::batch<T, A> uniform_level(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& s,
+                                        const xsimd::batch<T, A>& z,
+                                        const xsimd::batch<T, A>& maxq) noexcept {
+  return xsimd::min(xsimd::max(xsimd::nearbyint(x / s) + z, xsimd::batch<T, A>(T(0))), maxq);
+}
+#endif
+
 /// |e|^norm, evaluated with xsimd::pow on one lane so that it matches the batch form.
 template <class T>
 inline T abs_pow(T e, T norm) noexcept {
@@ -73,15 +83,12 @@ void quantize_span(const T* x, const T* s, const T* z, T maxq, Eigen::Index n, T
   if (path == KernelPath::simd) {
     using B = xsimd::batch<T>;
     constexpr Eigen::Index N = static_cast<Eigen::Index>(B::size);
-    const B zero(T(0)), top(maxq);
+    const B top(maxq);
     alignas(64) T buf[N];
     for (; i + N <= n; i += N) {
-      const B vx = B::load_unaligned(x + i);
       const B vs = B::load_unaligned(s + i);
       const B vz = B::load_unaligned(z + i);
-      B t = xsimd::nearbyint(vx / vs) + vz;
-      t = xsimd::max(t, zero);
-      t = xsimd::min(t, top);
+      const B t = uniform_level(B::load_unaligned(x + i), vs, vz, top);
       const B xh = vs * (t - vz);
       xh.store_unaligned(xhat + i);
       if (codes) {
@@ -128,14 +135,12 @@ void grid_error_update(const T* x, const T* s, const T* z, T maxq, T norm, Eigen
   if (path == KernelPath::simd) {
     using B = xsimd::batch<T>;
     constexpr Eigen::Index N = static_cast<Eigen::Index>(B::size);
-    const B zero(T(0)), top(maxq), p(norm);
+    const B top(maxq), p(norm);
     for (; i + N <= n; i += N) {
       const B vx = B::load_unaligned(x + i);
       const B vs = B::load_unaligned(s + i);
       const B vz = B::load_unaligned(z + i);
-      B t = xsimd::nearbyint(vx / vs) + vz;
-      t = xsimd::max(t, zero);
-      t = xsimd::min(t, top);
+      const B t = uniform_level(vx, vs, vz, top);
       const B xh = vs * (t - vz);
       const B e = xsimd::pow(xsimd::abs(xh - vx), p);
       (B::load_unaligned(err + i) + e).store_unaligned(err + i);
