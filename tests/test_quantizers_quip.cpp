@@ -229,4 +229,8 @@ TEST_CASE("quip rejects bad options") {
   const Mat<float> W = q2n_test::gaussian<float>(4, 344, 1);
   CHECK_THROWS_WITH_AS(q2n::quip(W, Mat<float>(Mat<float>::Identity(344, 344)), o),
                        doctest::Contains("no built-in Hadamard matrix for n = 344"), std::invalid_argument);
+  const std::string why = q2n_test::thrown<std::invalid_argument>(
+      [&] { q2n::quip(Mat<float>(W.transpose()), Mat<float>(Mat<float>::Identity(4, 4)), o); });
+  CHECK(q2n_test::has(why, "n = 344"));
+  CHECK(q2n_test::has(why, "Incoherence::kronecker"));
 }

@@ -67,7 +67,8 @@ namespace q2n {
 enum class Incoherence {
   none,       ///< quantize in the (rescaled) original basis
   kronecker,  ///< QuIP: P_out (A ⊗ B) P_in, Haar factors (KroneckerTransform::random)
-  hadamard,   ///< QuIP#: randomized Hadamard (HadamardTransform::randomized)
+  hadamard,   ///< QuIP#: randomized Hadamard (HadamardTransform::randomized); rows and
+              ///< cols each K·2^k with a built-in H_K (HadamardTransform::base_order)
 };
 
 /// QuIP's grid.
@@ -148,6 +149,11 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   check_second_order_options(o.damping, o.sweep, fn);
   check_second_order(w, h, fn);
   const Index rows = w.rows(), cols = w.cols();
+  if (o.incoherence == Incoherence::hadamard)
+    for (const Index n : {rows, cols})
+      if (HadamardTransform<Scalar>::base_order(n) == 0)
+        fail(fn, ": incoherence = hadamard, but there is no built-in Hadamard matrix for n = ", n,
+             " (W is ", rows, " x ", cols, "); use Incoherence::kronecker, which takes any size");
   QuantDiagnostics diag;
   Transforms<Scalar> tf;
 
