@@ -12,6 +12,8 @@
 #include "llama/sequential.hpp"
 #include "llama/streaming.hpp"
 
+#include <q2n/reproducibility.hpp>
+
 #include <Eigen/Core>
 
 #include <cmath>
@@ -433,6 +435,7 @@ int fail_with(QuietUnlessRoot& quiet, const std::exception& e, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  q2n::pin_product_blocking();  // the same bits on any machine (q2n/reproducibility.hpp)
   llama::transport::Session session(argc, argv);
   QuietUnlessRoot quiet;
   try {

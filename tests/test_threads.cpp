@@ -2,10 +2,11 @@
 // panels of a fixed size (detail/parallel.hpp) instead of letting Eigen choose its blocking
 // from the number of threads, and the null space's routes run Eigen single-threaded, so 1 and
 // 2 threads give the same bits: H, GPTQ's and QuIP's Q, the blocked H⁻¹ factor, every route's
-// kept basis, and m.
+// kept basis, and m. Nor, after pin_product_blocking(), on the L1 cache size Eigen detects.
 #include <q2n/projection.hpp>
 #include <q2n/detail/hessian_inverse.hpp>
 #include <q2n/quantizers.hpp>
+#include <q2n/reproducibility.hpp>
 
 #include <doctest/doctest.h>
 #include <omp.h>
@@ -107,4 +108,50 @@ TEST_CASE_TEMPLATE("H, GPTQ and the equivalent vector do not depend on the threa
   CHECK(one.kept_dense == two.kept_dense);
   CHECK(one.kept_partial == two.kept_partial);
   CHECK(one.kept_partial == one.kept_dense);
+}
+
+// Two machines that differ only in the L1 size Eigen detects, 8 KiB and 64 KiB: the products'
+// inner dimensions here (512 tokens, 640 columns) are summed in runs of different lengths on
+// the two, for any SIMD instruction set. Unpinned, the bits differ; pinned, they do not.
+TEST_CASE_TEMPLATE("pin_product_blocking: the same bits whatever L1 size Eigen detects", T, Q2N_TEST_SCALARS) {
+  const std::ptrdiff_t l1 = Eigen::l1CacheSize(), l2 = Eigen::l2CacheSize(), l3 = Eigen::l3CacheSize();
+  const int threads_before = omp_get_max_threads();
+  q2n::HessianAccumulator acc(640);
+  acc.add(q2n_test::structured_activations<double>(512, 640, 12, 3, 1e-2));
+  const Eigen::MatrixXd h = acc.hessian();
+  const auto ns = q2n::NullSpace<T>::compute(
+      q2n_test::structured_activations<T>(512, 640, 12, 3, 1e-2).topRows(400).eval());
+  const auto on_machine = [&](std::ptrdiff_t machine_l1, bool pin) {
+    Eigen::setCpuCacheSizes(machine_l1, 1 << 20, 32 << 20);
+    if (pin) q2n::pin_product_blocking();
+    return run_with_threads<T>(1, h, ns);
+  };
+  const Run<T> small = on_machine(8 << 10, false), large = on_machine(64 << 10, false);
+  const Run<T> small_pinned = on_machine(8 << 10, true), large_pinned = on_machine(64 << 10, true);
+  CHECK(Eigen::l1CacheSize() == q2n::kPinnedL1);
+  CHECK(Eigen::l2CacheSize() == q2n::kPinnedL2);
+  CHECK(Eigen::l3CacheSize() == q2n::kPinnedL3);
+  Eigen::setCpuCacheSizes(l1, l2, l3);
+  omp_set_num_threads(threads_before);
+  Eigen::setNbThreads(0);
+  // Unpinned: H and the H⁻¹ factor (inner dimensions 512 and up to 1100) round differently.
+  CHECK_FALSE(small.h == large.h);
+  CHECK_FALSE(small.u_blocked == large.u_blocked);
+  // Pinned: everything is the same.
+  const Run<T>& a = small_pinned;
+  const Run<T>& b = large_pinned;
+  CHECK(a.h == b.h);
+  CHECK(a.gptq_q == b.gptq_q);
+  CHECK(a.quip_kron_q == b.quip_kron_q);
+  CHECK(a.quip_had_q == b.quip_had_q);
+  CHECK(a.u_blocked == b.u_blocked);
+  CHECK(a.m == b.m);
+  CHECK(a.m_own == b.m_own);
+  REQUIRE(a.bases.size() == b.bases.size());
+  for (std::size_t k = 0; k < a.bases.size(); ++k) {
+    CAPTURE(k);
+    CHECK(a.bases[k] == b.bases[k]);
+  }
+  CHECK(a.kept_dense == b.kept_dense);
+  CHECK(a.kept_partial == b.kept_partial);
 }

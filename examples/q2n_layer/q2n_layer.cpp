@@ -14,6 +14,7 @@
 
 #include <q2n/io/safetensors.hpp>
 #include <q2n/quantizers.hpp>
+#include <q2n/reproducibility.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -313,6 +314,7 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  q2n::pin_product_blocking();  // the same bits on any machine (q2n/reproducibility.hpp)
   try {
     const Args a = parse(argc, argv);
     if (a.help) {
