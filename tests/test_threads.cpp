@@ -77,36 +77,54 @@ Run<T> run_with_threads(int threads, const Eigen::MatrixXd& h_shared,
   return out;
 }
 
+// The H and the null space both runs of a test share.
+template <class T>
+struct Shared {
+  Eigen::MatrixXd h;
+  q2n::NullSpace<T> ns;
+};
+
+template <class T>
+Shared<T> shared_inputs() {
+  q2n::HessianAccumulator acc(640);
+  acc.add(q2n_test::structured_activations<double>(512, 640, 12, 3, 1e-2));
+  return {acc.hessian(),
+          q2n::NullSpace<T>::compute(
+              q2n_test::structured_activations<T>(512, 640, 12, 3, 1e-2).topRows(400).eval())};
+}
+
+template <class T>
+void check_same_bits(const Run<T>& a, const Run<T>& b) {
+  CHECK(a.h == b.h);
+  CHECK(a.gptq_q == b.gptq_q);
+  CHECK(a.quip_kron_q == b.quip_kron_q);
+  CHECK(a.quip_had_q == b.quip_had_q);
+  CHECK(a.u_blocked == b.u_blocked);
+  CHECK(a.m == b.m);
+  CHECK(a.m_own == b.m_own);
+  REQUIRE(a.bases.size() == b.bases.size());
+  for (std::size_t k = 0; k < a.bases.size(); ++k) {
+    CAPTURE(k);
+    CHECK(a.bases[k].cols() > 0);
+    CHECK(a.bases[k] == b.bases[k]);
+  }
+  CHECK(a.kept_dense == b.kept_dense);
+  CHECK(a.kept_partial == b.kept_partial);
+}
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("H, GPTQ and the equivalent vector do not depend on the thread count", T, Q2N_TEST_SCALARS) {
   REQUIRE(omp_get_num_procs() >= 1);
   const int threads_before = omp_get_max_threads();
-  q2n::HessianAccumulator acc(640);
-  acc.add(q2n_test::structured_activations<double>(512, 640, 12, 3, 1e-2));
-  const Eigen::MatrixXd h = acc.hessian();
-  const auto ns = q2n::NullSpace<T>::compute(
-      q2n_test::structured_activations<T>(512, 640, 12, 3, 1e-2).topRows(400).eval());
-  const Run<T> one = run_with_threads<T>(1, h, ns);
-  const Run<T> two = run_with_threads<T>(2, h, ns);
+  const Shared<T> in = shared_inputs<T>();
+  const Run<T> one = run_with_threads<T>(1, in.h, in.ns);
+  const Run<T> two = run_with_threads<T>(2, in.h, in.ns);
   omp_set_num_threads(threads_before);
   Eigen::setNbThreads(0);  // back to OpenMP's default
   // Bit for bit: every product is the same panel kernel with the same blocking either way.
-  CHECK(one.h == two.h);
-  CHECK(one.gptq_q == two.gptq_q);
-  CHECK(one.quip_kron_q == two.quip_kron_q);
-  CHECK(one.quip_had_q == two.quip_had_q);
-  CHECK(one.u_blocked == two.u_blocked);
-  CHECK(one.m == two.m);
-  CHECK(one.m_own == two.m_own);
-  for (std::size_t k = 0; k < one.bases.size(); ++k) {
-    CAPTURE(k);
-    CHECK(one.bases[k].cols() > 0);
-    CHECK(one.bases[k] == two.bases[k]);
-  }
-  // The null space's kept count agrees across routes and thread counts.
-  CHECK(one.kept_dense == two.kept_dense);
-  CHECK(one.kept_partial == two.kept_partial);
+  check_same_bits(one, two);
+  // The null space's kept count agrees across routes.
   CHECK(one.kept_partial == one.kept_dense);
 }
 
@@ -116,15 +134,11 @@ TEST_CASE_TEMPLATE("H, GPTQ and the equivalent vector do not depend on the threa
 TEST_CASE_TEMPLATE("pin_product_blocking: the same bits whatever L1 size Eigen detects", T, Q2N_TEST_SCALARS) {
   const std::ptrdiff_t l1 = Eigen::l1CacheSize(), l2 = Eigen::l2CacheSize(), l3 = Eigen::l3CacheSize();
   const int threads_before = omp_get_max_threads();
-  q2n::HessianAccumulator acc(640);
-  acc.add(q2n_test::structured_activations<double>(512, 640, 12, 3, 1e-2));
-  const Eigen::MatrixXd h = acc.hessian();
-  const auto ns = q2n::NullSpace<T>::compute(
-      q2n_test::structured_activations<T>(512, 640, 12, 3, 1e-2).topRows(400).eval());
+  const Shared<T> in = shared_inputs<T>();
   const auto on_machine = [&](std::ptrdiff_t machine_l1, bool pin) {
     Eigen::setCpuCacheSizes(machine_l1, 1 << 20, 32 << 20);
     if (pin) q2n::pin_product_blocking();
-    return run_with_threads<T>(1, h, ns);
+    return run_with_threads<T>(1, in.h, in.ns);
   };
   const Run<T> small = on_machine(8 << 10, false), large = on_machine(64 << 10, false);
   const Run<T> small_pinned = on_machine(8 << 10, true), large_pinned = on_machine(64 << 10, true);
@@ -138,20 +152,5 @@ TEST_CASE_TEMPLATE("pin_product_blocking: the same bits whatever L1 size Eigen d
   CHECK_FALSE(small.h == large.h);
   CHECK_FALSE(small.u_blocked == large.u_blocked);
   // Pinned: everything is the same.
-  const Run<T>& a = small_pinned;
-  const Run<T>& b = large_pinned;
-  CHECK(a.h == b.h);
-  CHECK(a.gptq_q == b.gptq_q);
-  CHECK(a.quip_kron_q == b.quip_kron_q);
-  CHECK(a.quip_had_q == b.quip_had_q);
-  CHECK(a.u_blocked == b.u_blocked);
-  CHECK(a.m == b.m);
-  CHECK(a.m_own == b.m_own);
-  REQUIRE(a.bases.size() == b.bases.size());
-  for (std::size_t k = 0; k < a.bases.size(); ++k) {
-    CAPTURE(k);
-    CHECK(a.bases[k] == b.bases[k]);
-  }
-  CHECK(a.kept_dense == b.kept_dense);
-  CHECK(a.kept_partial == b.kept_partial);
+  check_same_bits(small_pinned, large_pinned);
 }
