@@ -4,8 +4,8 @@
 ///
 /// This is the one header a quantizer author needs; it brings in the calibration
 /// accumulators (accumulators.hpp), the cut rule (spectrum.hpp), the null-space projector
-/// (null_space.hpp), the storage model with its builder, dequantize and fold (storage.hpp)
-/// and the error types (errors.hpp).
+/// (null_space.hpp), the storage model with its builder, dequantize and fold (storage.hpp),
+/// the error types (errors.hpp) and pin_product_blocking (reproducibility.hpp).
 ///
 /// For original weights W and a quantizer's output Q (both rows × cols, original column
 /// order), the target is `B = W (I − P) + Q P` and m minimizes
@@ -36,6 +36,7 @@
 #include <q2n/detail/stopwatch.hpp>
 #include <q2n/errors.hpp>
 #include <q2n/null_space.hpp>
+#include <q2n/reproducibility.hpp>
 #include <q2n/spectrum.hpp>
 #include <q2n/storage.hpp>
 
