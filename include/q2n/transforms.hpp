@@ -94,6 +94,14 @@ void fwht_blocks(T* x, Eigen::Index nb, Eigen::Index m) {
     }
 }
 
+/// Rows per block of a row-wise transform of size n: buffers of about 2^20 entries (4 MiB of
+/// float), which fit in the last-level cache of both threads, a multiple of 16 from 16 to 256
+/// rows. (One Kronecker product on a 4096² float matrix: 0.033 s with 16-row blocks, 0.021 s
+/// with 256; 14336²: 0.75 s with 16, 0.58-0.63 s with 64 or 73.)
+inline Eigen::Index row_block_height(Eigen::Index n) {
+  return std::clamp<Eigen::Index>((Eigen::Index{1} << 20) / n / 16 * 16, 16, 256);
+}
+
 /// f(r0, nb, Y, Z) for each block of rb rows of a matrix with `rows` rows (the last block first
 /// if last_first), Y and Z nb × cols buffers of the thread that takes the block, reused for all
 /// its blocks (Z empty unless two_buffers: an unused 4 MiB allocation per thread and call cost
@@ -354,7 +362,7 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
     // more, i.e. for n ≤ 2048, which keeps the bits of the rotations and QuIP results
     // recorded on the shipped model, and is 64 above.
     const Eigen::Index rb =
-        K_ == 1 ? std::clamp<Eigen::Index>(((Eigen::Index{1} << 20) / n_) / 16 * 16, 16, 256)
+        K_ == 1 ? detail::row_block_height(n_)
                 : std::clamp<Eigen::Index>(((Eigen::Index{1} << 17) / n_) / 8 * 8, 64, 256);
     // The block in buf, H_K's product in tmp (K > 1): buffers per thread, allocated once.
     detail::for_each_row_block<Scalar>(
@@ -535,7 +543,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     const std::vector<int>& first = rows_get_t ? in_ : out_;
     const std::vector<int>& last = rows_get_t ? out_ : in_;
     detail::for_each_row_block<Scalar>(
-        rows, n_, row_block(), /*last_first=*/false, /*two_buffers=*/true,
+        rows, n_, detail::row_block_height(n_), /*last_first=*/false, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
           permute_columns_of(M.middleRows(r0, nb), Y, first, /*gather=*/rows_get_t);
           for (Eigen::Index a = 0; a < p; ++a) {
@@ -573,7 +581,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     // Row r becomes (A ⊗ B) P_in r in the buffers of apply_right, A first, since its outputs
     // are the column blocks the restriction cuts; the heaviest blocks (the last) first.
     detail::for_each_row_block<Scalar>(
-        n_, n_, row_block(), /*last_first=*/true, /*two_buffers=*/true,
+        n_, n_, detail::row_block_height(n_), /*last_first=*/true, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
           const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
           permute_columns_of(G.middleRows(r0, nb), Y, in_, /*gather=*/true);
@@ -594,13 +602,6 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   }
 
  private:
-  // Rows per block of apply_right and complete_conjugation: buffers of about 4 MiB each (2^20
-  // entries of float), which fit in the last-level cache of both threads, a multiple of 16
-  // from 16 to 256 rows. (One product on a 4096² float matrix: 0.033 s with 16-row blocks,
-  // 0.021 s with 256; 14336²: 0.75 s with 16, 0.58-0.63 s with 64 or 73.)
-  Eigen::Index row_block() const {
-    return std::clamp<Eigen::Index>((Eigen::Index{1} << 20) / n_ / 16 * 16, 16, 256);
-  }
   // gather: dst.col(i) = src.col(perm[i]);  scatter: dst.col(perm[i]) = src.col(i).
   template <class Src, class Dst>
   void permute_columns_of(const Src& src, Dst&& dst, const std::vector<int>& perm, bool gather) const {
