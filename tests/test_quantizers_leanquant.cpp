@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
 #include <set>
@@ -39,6 +40,47 @@ LeanLayer<T> make_lean_layer(Eigen::Index rows, Eigen::Index cols, std::uint32_t
 }
 
 }  // namespace
+
+TEST_CASE_TEMPLATE("ascending_order: the radix sort orders as a stable comparison sort", T, float,
+                   double) {
+  // Reference: std::stable_sort by value, −0 before +0, equal values by index. Rows with
+  // ties, signed zeros, subnormals, huge and negative values; one row whose values share their
+  // top bits (the radix passes over those digits are skipped) and one of a single value.
+  std::mt19937 gen(11);
+  std::normal_distribution<double> nd(0, 1);
+  const auto reference = [](const std::vector<T>& x) {
+    std::vector<std::uint32_t> idx(x.size());
+    for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<std::uint32_t>(i);
+    std::stable_sort(idx.begin(), idx.end(), [&](std::uint32_t a, std::uint32_t b) {
+      return x[a] < x[b] || (x[a] == x[b] && std::signbit(x[a]) && !std::signbit(x[b]));
+    });
+    return idx;
+  };
+  for (const std::size_t n :
+       {std::size_t(1), std::size_t(2), std::size_t(7), std::size_t(300), std::size_t(5000)}) {
+    for (int kind = 0; kind < 4; ++kind) {
+      CAPTURE(n);
+      CAPTURE(kind);
+      std::vector<T> x(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        const double v = nd(gen);
+        if (kind == 0) x[i] = static_cast<T>(v);
+        if (kind == 1) x[i] = static_cast<T>(std::round(v * 2) / 2);  // ties, −0 and +0
+        if (kind == 2) x[i] = static_cast<T>(1.5 + 1e-3 * v);         // shared top bits
+        if (kind == 3) x[i] = T(-2);
+      }
+      if (kind == 0 && n >= 7) {
+        x[1] = std::numeric_limits<T>::denorm_min();
+        x[2] = -std::numeric_limits<T>::denorm_min();
+        x[3] = std::numeric_limits<T>::max();
+        x[4] = std::numeric_limits<T>::lowest();
+        x[5] = T(-0.0);
+        x[6] = T(0.0);
+      }
+      CHECK(q2n::detail::ascending_order(x.data(), n) == reference(x));
+    }
+  }
+}
 
 TEST_CASE("kmeans1d: the fast Lloyd takes the naive Lloyd's steps") {
   std::mt19937 gen(7);

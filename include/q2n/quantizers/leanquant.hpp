@@ -81,15 +81,25 @@ void fit_codebook(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& w
   const Index rows = wp.rows(), cols = wp.cols();
   const int K = 1 << o.bits;
   values.resize(rows, K);
+  // Rows by blocks of 16, copied out a column at a time: a row of the column-major wp read
+  // alone would cost a cache line per value.
+  constexpr Index kBlock = 16;
+  const Index blocks = (rows + kBlock - 1) / kBlock;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
-  for (Index r = 0; r < rows; ++r) {
-    std::vector<Scalar> row(static_cast<std::size_t>(cols));
-    for (Index j = 0; j < cols; ++j) row[static_cast<std::size_t>(j)] = wp(r, j);
-    const SortedPoints pts(row.data(), omega.data(), cols);
-    const KMeans1d km = kmeans1d(pts, K, o.max_iter, o.tol);
-    for (int k = 0; k < K; ++k) values(r, k) = static_cast<Scalar>(km.centroids[static_cast<std::size_t>(k)]);
+  for (Index b = 0; b < blocks; ++b) {
+    const Index r0 = b * kBlock, height = std::min(kBlock, rows - r0);
+    std::vector<Scalar> block(static_cast<std::size_t>(height * cols));  // row i at i · cols
+    for (Index j = 0; j < cols; ++j)
+      for (Index i = 0; i < height; ++i)
+        block[static_cast<std::size_t>(i * cols + j)] = wp(r0 + i, j);
+    for (Index i = 0; i < height; ++i) {
+      const SortedPoints pts(block.data() + i * cols, omega.data(), cols);
+      const KMeans1d km = kmeans1d(pts, K, o.max_iter, o.tol);
+      for (int k = 0; k < K; ++k)
+        values(r0 + i, k) = static_cast<Scalar>(km.centroids[static_cast<std::size_t>(k)]);
+    }
   }
 }
 
