@@ -217,11 +217,18 @@ void measure_errors(LinearResult& r, ErrorFn&& error) {
   r.err_after = r.refined ? error(r.refined->Q) : r.err_before;
 }
 
-/// ‖X Aᵀ‖²_F up to the constant N/2, computed from H ∝ XᵀX as tr(A H Aᵀ) (no activations).
+/// ‖X Aᵀ‖²_F up to the constant N/2, computed from H ∝ XᵀX as tr(A H Aᵀ) (no activations), a
+/// panel of H's columns at a time (no rows × cols product is held).
 inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXd& H) {
-  Eigen::MatrixXd ah(A.rows(), H.cols());
-  q2n::detail::panel_product(ah, A, H, 1.0, false);  // the same bits on any number of threads
-  return ah.cwiseProduct(A).sum();
+  double e = 0;
+  Eigen::MatrixXd ah;
+  for (Eigen::Index a = 0; a < H.cols(); a += q2n::detail::kPanel) {
+    const Eigen::Index n = std::min(q2n::detail::kPanel, H.cols() - a);
+    ah.resize(A.rows(), n);  // the product in fixed panels: the same bits on any thread count
+    q2n::detail::panel_product(ah, A, H.middleCols(a, n), 1.0, false);
+    e += ah.cwiseProduct(A.middleCols(a, n)).sum();
+  }
+  return e;
 }
 
 /// The same from a float H, taken in double a panel of columns at a time (no cols × cols
@@ -240,18 +247,19 @@ inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXf& H) 
 
 /// Relative output error on the calibration inputs, ‖X(Q−W)ᵀ‖²_F / ‖XWᵀ‖²_F, computed from
 /// H ∝ XᵀX (double, or float) as tr(D H Dᵀ) / tr(W H Wᵀ) with D = Q − W; the denominator is
-/// computed once per W.
+/// computed once per W. W and H are referenced, not copied: they must outlive the object.
 template <class HMatrix = Eigen::MatrixXd>
 class HessianOutputError {
  public:
   HessianOutputError(const Eigen::MatrixXf& W, const HMatrix& H)
-      : w_(W.cast<double>()), h_(H), den_(output_energy(w_, H)) {}
+      : w_(W), h_(H), den_(output_energy(W.cast<double>(), H)) {}
   double operator()(const Eigen::MatrixXf& Q) const {
-    return den_ > 0 ? output_energy(Q.cast<double>() - w_, h_) / den_ : 0.0;
+    // Exact in double (a float difference is not); no double copy of W is kept.
+    return den_ > 0 ? output_energy(Q.cast<double>() - w_.cast<double>(), h_) / den_ : 0.0;
   }
 
  private:
-  Eigen::MatrixXd w_;
+  const Eigen::MatrixXf& w_;
   const HMatrix& h_;
   double den_;
 };

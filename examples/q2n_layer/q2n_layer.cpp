@@ -18,13 +18,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include <malloc.h>  // mallopt (glibc)
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <iostream>
-#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -215,9 +212,10 @@ int run(const Args& a) {
   };
 
   const q2n::io::SafetensorsReader in(a.input);
-  const Layer l = read_layer(in, a.input);
+  Layer l = read_layer(in, a.input);
   const Matrix& w = l.w;
   const Matrix& x = l.x;
+  const Eigen::Index tokens = x.rows();
   lap("read");
 
   // Statistics: Ā over sequences (a 2-D X counts as one sequence) and its null space first,
@@ -244,7 +242,7 @@ int run(const Args& a) {
   // than inputs, for the output error too (tr(D H Dᵀ) costs rows·cols² instead of
   // tokens·rows·cols). The double sums are kept only when the error needs them.
   const bool quantizer_needs_h = !a.given && a.spec.method != llama::Method::rtn;
-  const bool error_through_h = x.rows() > w.cols();
+  const bool error_through_h = tokens > w.cols();
   std::optional<q2n::HessianAccumulator> hacc;
   Matrix h;
   if (quantizer_needs_h || error_through_h) {
@@ -254,6 +252,9 @@ int run(const Args& a) {
     if (!error_through_h) hacc.reset();
     lap("statistics");
   }
+  // When the error goes through H nothing reads X from here on: X, the largest input, is
+  // released before the quantizer's working copies exist.
+  if (error_through_h) l.x.resize(0, 0);
 
   // The quantizer (h is consumed: moved into its working copy) and Q2N.
   const q2n::NullSpace<float>* nsp = ns ? &*ns : nullptr;
@@ -280,7 +281,7 @@ int run(const Args& a) {
   const std::string method = a.given ? "given" : llama::method_name(a.spec.method);
   nlohmann::json line = {{"method", method}, {"bits", a.spec.grid.bits},
                          {"group", a.spec.groupsize}, {"q2n", a.spec.q2n}, {"rows", w.rows()},
-                         {"cols", w.cols()}, {"tokens", x.rows()}};
+                         {"cols", w.cols()}, {"tokens", tokens}};
   line["cut_index"] = nullptr;
   if (r.refined) {
     out.add("m", r.refined->m, q2n::io::DType::F32, length(w.rows()));
@@ -321,13 +322,8 @@ int main(int argc, char** argv) {
       std::cout << usage();
       return 0;
     }
-#ifdef M_MMAP_MAX
-    // Keep freed buffers in the heap for the next one (as q2n_llama does): glibc maps each
-    // buffer of 32 MiB or more afresh and unmaps it when freed, and first touches cost about
-    // 2.5 ms per MiB on this project's VM (a fresh 64 MiB copy 0.16 s, a reused one 4 ms).
-    mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
-#endif
+    // Unlike q2n_llama, freed buffers go back to the system (no mallopt): one layer at LLM
+    // size is the point of this tool, and keeping them raised its peak by a quarter.
     return run(a);
   } catch (const std::exception& e) {
     std::cerr << e.what() << "\n";
