@@ -82,6 +82,28 @@ TEST_CASE_TEMPLATE("ascending_order: the radix sort orders as a stable compariso
   }
 }
 
+TEST_CASE("SortedPoints::count_le from a hint is the bisection's count") {
+  // Every hint (0..n, past n too) against every probe: the points themselves (with repeats),
+  // values between them, below the least and above the greatest.
+  std::mt19937 gen(5);
+  std::uniform_int_distribution<int> small(0, 12);
+  for (const int n : {1, 2, 3, 17, 64}) {
+    CAPTURE(n);
+    std::vector<double> x(static_cast<std::size_t>(n)), w(x.size(), 1.0);
+    for (double& v : x) v = 0.5 * small(gen);
+    const q2n::detail::SortedPoints pts(x.data(), w.data(), n);
+    for (int p = -2; p <= 28; ++p) {
+      const double v = 0.25 * p;
+      const std::size_t want = pts.count_le(v);
+      for (std::size_t hint = 0; hint <= static_cast<std::size_t>(n) + 2; ++hint) {
+        CAPTURE(v);
+        CAPTURE(hint);
+        REQUIRE(pts.count_le(v, hint) == want);
+      }
+    }
+  }
+}
+
 TEST_CASE("kmeans1d: the fast Lloyd takes the naive Lloyd's steps") {
   std::mt19937 gen(7);
   std::normal_distribution<double> nd(0, 1);

@@ -100,6 +100,28 @@ class SortedPoints {
   std::size_t count_le(double v) const {
     return static_cast<std::size_t>(std::upper_bound(x_.begin(), x_.end(), v) - x_.begin());
   }
+  /// The same, searched outward from hint (any count; best one near the answer) in steps that
+  /// double, then by bisection: a few probes where the answer moved little, as between Lloyd
+  /// steps, instead of log n.
+  std::size_t count_le(double v, std::size_t hint) const {
+    const std::size_t n = x_.size();
+    const auto bisect = [&](std::size_t lo, std::size_t hi) {  // the answer is in [lo, hi]
+      const auto first = x_.begin();
+      return static_cast<std::size_t>(std::upper_bound(first + static_cast<std::ptrdiff_t>(lo),
+                                                       first + static_cast<std::ptrdiff_t>(hi), v) -
+                                      first);
+    };
+    hint = std::min(hint, n);
+    std::size_t step = 1;
+    if (hint < n && x_[hint] <= v) {  // the answer is above hint
+      std::size_t lo = hint + 1;      // x_[lo − 1] ≤ v
+      for (; lo + step <= n && x_[lo + step - 1] <= v; step *= 2) lo += step;
+      return bisect(lo, std::min(lo + step - 1, n));
+    }
+    std::size_t hi = hint;  // x_[hi] > v, or hi = n
+    for (; hi >= step && x_[hi - step] > v; step *= 2) hi -= step;
+    return bisect(hi >= step ? hi - step + 1 : 0, hi);
+  }
   double weight(std::size_t a, std::size_t b) const { return cw_[b] - cw_[a]; }
   double weighted_sum(std::size_t a, std::size_t b) const { return cwx_[b] - cwx_[a]; }
 
@@ -110,8 +132,10 @@ class SortedPoints {
 
 /// Ends of the clusters of sorted centroids c over the sorted points: cluster k holds the
 /// points [ends[k−1], ends[k]) (ends[−1] = 0). A centroid equal to its predecessor gets none
-/// (ties go to the lowest index).
-inline void cluster_ends(const SortedPoints& pts, const std::vector<double>& c, std::vector<std::size_t>& ends) {
+/// (ties go to the lowest index). hint: the previous step's ends (K of them), searched from,
+/// or empty.
+inline void cluster_ends(const SortedPoints& pts, const std::vector<double>& c,
+                         const std::vector<std::size_t>& hint, std::vector<std::size_t>& ends) {
   const std::size_t K = c.size();
   ends.resize(K);
   std::size_t start = 0;
@@ -122,7 +146,12 @@ inline void cluster_ends(const SortedPoints& pts, const std::vector<double>& c, 
     }
     std::size_t next = k + 1;
     while (next < K && c[next] == c[k]) ++next;
-    ends[k] = next < K ? std::max(start, pts.count_le(0.5 * (c[k] + c[next]))) : pts.size();
+    if (next < K) {
+      const double mid = 0.5 * (c[k] + c[next]);
+      ends[k] = std::max(start, hint.empty() ? pts.count_le(mid) : pts.count_le(mid, hint[k]));
+    } else {
+      ends[k] = pts.size();
+    }
     start = ends[k];
   }
 }
@@ -145,7 +174,7 @@ inline KMeans1d kmeans1d(const SortedPoints& pts, int K, int max_iter, double to
   const double tol_abs = tol * pts.variance();
   std::vector<std::size_t> ends, previous;
   for (int it = 0; it < max_iter; ++it) {
-    cluster_ends(pts, c, ends);
+    cluster_ends(pts, c, previous, ends);
     ++res.iterations;
     if (ends == previous) break;  // same assignment: the centroids would not move
     double shift = 0;

@@ -149,10 +149,11 @@ QuantResult<Scalar> leanquant_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::
   }
   diag.seconds.grid_fit = seconds_since(grid_start);
 
-  // Each row's grid sorted (K × rows, contiguous per row) with the code of every value; among
-  // equal values the lowest code.
-  Matrix sorted(K, rows);
-  Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic> code_of(K, rows);
+  // Each row's grid sorted, stored by rank (column k: every row's k-th smallest value), with
+  // the code of each rank; equal values (−0 and +0 among them) take the bits and the code of
+  // their first copy, the one with the lowest code.
+  Matrix ranked(rows, K);
+  Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic> code_of(rows, K);
   {
     std::vector<int> idx(static_cast<std::size_t>(K));
     for (Index r = 0; r < rows; ++r) {
@@ -160,20 +161,31 @@ QuantResult<Scalar> leanquant_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::
       std::stable_sort(idx.begin(), idx.end(),
                        [&](int a, int b) { return book.values(r, a) < book.values(r, b); });
       for (Index k = 0; k < K; ++k) {
-        sorted(k, r) = book.values(r, idx[static_cast<std::size_t>(k)]);
-        code_of(k, r) = static_cast<std::uint8_t>(idx[static_cast<std::size_t>(k)]);
+        const Scalar v = book.values(r, idx[static_cast<std::size_t>(k)]);
+        const bool repeat = k > 0 && v == ranked(r, k - 1);
+        ranked(r, k) = repeat ? ranked(r, k - 1) : v;
+        code_of(r, k) = repeat ? code_of(r, k - 1)
+                               : static_cast<std::uint8_t>(idx[static_cast<std::size_t>(k)]);
       }
     }
   }
+  // The nearest value of x's row, ties to the lower: its rank is the number of neighbouring
+  // ranks (a, b) with x − a > b − x, a count that is monotone in the rank (so exact), and
+  // vectorizes over the rows where a binary search per entry does not.
+  std::vector<int> rank(static_cast<std::size_t>(rows));
   auto quantize = [&](Index k, const Matrix&, const Scalar* col, Scalar* q) {
     const Index j = perm[static_cast<std::size_t>(k)];
+    std::fill(rank.begin(), rank.end(), 0);
+    for (Index g = 1; g < K; ++g) {
+      const Scalar* a = ranked.col(g - 1).data();
+      const Scalar* b = ranked.col(g).data();
+      for (Index r = 0; r < rows; ++r)
+        rank[static_cast<std::size_t>(r)] += col[r] - a[r] > b[r] - col[r] ? 1 : 0;
+    }
     for (Index r = 0; r < rows; ++r) {
-      const Scalar* g = sorted.col(r).data();
-      const Scalar x = col[r];
-      Index i = std::lower_bound(g, g + K, x) - g;  // first value ≥ x
-      if (i == K || (i > 0 && x - g[i - 1] <= g[i] - x)) i = std::lower_bound(g, g + K, g[i - 1]) - g;
-      q[r] = g[i];
-      book.codes(r, j) = code_of(i, r);
+      const Index i = rank[static_cast<std::size_t>(r)];
+      q[r] = ranked(r, i);
+      book.codes(r, j) = code_of(r, i);
     }
   };
   gptq_sweep<Scalar>(wp, U, cols, o.sweep.blocksize, o.sweep.reference_arithmetic, quantize, diag);
