@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace llama {
@@ -217,29 +218,23 @@ void measure_errors(LinearResult& r, ErrorFn&& error) {
   r.err_after = r.refined ? error(r.refined->Q) : r.err_before;
 }
 
-/// ‖X Aᵀ‖²_F up to the constant N/2, computed from H ∝ XᵀX as tr(A H Aᵀ) (no activations), a
-/// panel of H's columns at a time (no rows × cols product is held).
-inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXd& H) {
+/// ‖X Aᵀ‖²_F up to the constant N/2, computed from H ∝ XᵀX (double or float) as tr(A H Aᵀ)
+/// (no activations), a panel of H's columns at a time: no rows × cols product is held, and a
+/// float H (the low-memory pass hands its quantizers H in float) is taken in double a panel at
+/// a time, never as a cols × cols double copy.
+template <class HMatrix>
+double output_energy(const Eigen::MatrixXd& A, const HMatrix& H) {
   double e = 0;
-  Eigen::MatrixXd ah;
+  Eigen::MatrixXd ah, hp;
   for (Eigen::Index a = 0; a < H.cols(); a += q2n::detail::kPanel) {
     const Eigen::Index n = std::min(q2n::detail::kPanel, H.cols() - a);
     ah.resize(A.rows(), n);  // the product in fixed panels: the same bits on any thread count
-    q2n::detail::panel_product(ah, A, H.middleCols(a, n), 1.0, false);
-    e += ah.cwiseProduct(A.middleCols(a, n)).sum();
-  }
-  return e;
-}
-
-/// The same from a float H, taken in double a panel of columns at a time (no cols × cols
-/// double copy: the low-memory pass hands its quantizers H in float).
-inline double output_energy(const Eigen::MatrixXd& A, const Eigen::MatrixXf& H) {
-  double e = 0;
-  for (Eigen::Index a = 0; a < H.cols(); a += q2n::detail::kPanel) {
-    const Eigen::Index n = std::min(q2n::detail::kPanel, H.cols() - a);
-    const Eigen::MatrixXd hp = H.middleCols(a, n).cast<double>();
-    Eigen::MatrixXd ah(A.rows(), n);
-    q2n::detail::panel_product(ah, A, hp, 1.0, false);
+    if constexpr (std::is_same_v<typename HMatrix::Scalar, double>) {
+      q2n::detail::panel_product(ah, A, H.middleCols(a, n), 1.0, false);
+    } else {
+      hp = H.middleCols(a, n).template cast<double>();
+      q2n::detail::panel_product(ah, A, hp, 1.0, false);
+    }
     e += ah.cwiseProduct(A.middleCols(a, n)).sum();
   }
   return e;
