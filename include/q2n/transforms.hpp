@@ -443,6 +443,8 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     n_ = a_.rows() * b_.rows();
     check_perm(in_, "perm_in");
     check_perm(out_, "perm_out");
+    in_inv_ = inverse(in_);
+    out_inv_ = inverse(out_);
   }
 
   /// The split n = p·q QuIP uses: n's prime factors ascending with multiplicity, p the
@@ -542,10 +544,12 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
     const std::vector<int>& first = rows_get_t ? in_ : out_;
     const std::vector<int>& last = rows_get_t ? out_ : in_;
+    const std::vector<int>& first_inv = rows_get_t ? in_inv_ : out_inv_;
+    const std::vector<int>& last_inv = rows_get_t ? out_inv_ : in_inv_;
     detail::for_each_row_block<Scalar>(
         rows, n_, detail::row_block_height(n_), /*last_first=*/false, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
-          permute_columns_of(M.middleRows(r0, nb), Y, first, /*gather=*/rows_get_t);
+          load_columns(M.middleRows(r0, nb), Y, first, first_inv, /*gather=*/rows_get_t);
           for (Eigen::Index a = 0; a < p; ++a) {
             if (rows_get_t)
               Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_.transpose();
@@ -557,7 +561,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
             Ys.noalias() = Zs * a_.transpose();
           else
             Ys.noalias() = Zs * a_;
-          permute_columns_of(Y, M.middleRows(r0, nb), last, /*gather=*/rows_get_t);
+          store_columns(Y, M.middleRows(r0, nb), last, last_inv, /*gather=*/rows_get_t);
         });
   }
 
@@ -584,7 +588,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
         n_, n_, detail::row_block_height(n_), /*last_first=*/true, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
           const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
-          permute_columns_of(G.middleRows(r0, nb), Y, in_, /*gather=*/true);
+          load_columns(G.middleRows(r0, nb), Y, in_, in_inv_, /*gather=*/true);
           Eigen::Map<Matrix> Ys(Y.data(), nb * q, p), Zs(Z.data(), nb * q, na);
           Zs.noalias() = Ys * a_.topRows(na).transpose();
           for (Eigen::Index c = 0; c < na; ++c)
@@ -602,18 +606,39 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   }
 
  private:
-  // gather: dst.col(i) = src.col(perm[i]);  scatter: dst.col(perm[i]) = src.col(i).
+  // Column moves between a block of rows of a matrix in memory and a buffer, the matrix's
+  // columns taken in their order: a column of the block is a short run (64 entries at
+  // n = 14336), and runs in a random order defeat the prefetcher. (complete_conjugation on
+  // 14336², float: loading the row blocks took 0.080-0.089 s per thread in the permutation's
+  // order, 0.063-0.070 s in the matrix's, 0.051-0.054 s as an unpermuted copy; the whole call
+  // 0.37 -> 0.32 s.)
+  // gather: dst.col(i) = src.col(perm[i]);  scatter: dst.col(perm[i]) = src.col(i);
+  // inv the inverse of perm.
   template <class Src, class Dst>
-  void permute_columns_of(const Src& src, Dst&& dst, const std::vector<int>& perm, bool gather) const {
+  void load_columns(const Src& src, Dst&& dst, const std::vector<int>& perm,
+                    const std::vector<int>& inv, bool gather) const {
     if (perm.empty()) {
       dst = src;
       return;
     }
-    for (Eigen::Index i = 0; i < n_; ++i) {
-      const Eigen::Index j = perm[static_cast<std::size_t>(i)];
-      if (gather) dst.col(i) = src.col(j);
-      else dst.col(j) = src.col(i);
+    const std::vector<int>& to = gather ? inv : perm;
+    for (Eigen::Index j = 0; j < n_; ++j) dst.col(to[static_cast<std::size_t>(j)]) = src.col(j);
+  }
+  template <class Src, class Dst>
+  void store_columns(const Src& src, Dst&& dst, const std::vector<int>& perm,
+                     const std::vector<int>& inv, bool gather) const {
+    if (perm.empty()) {
+      dst = src;
+      return;
     }
+    const std::vector<int>& from = gather ? perm : inv;
+    for (Eigen::Index i = 0; i < n_; ++i) dst.col(i) = src.col(from[static_cast<std::size_t>(i)]);
+  }
+  static std::vector<int> inverse(const std::vector<int>& perm) {
+    std::vector<int> inv(perm.size());
+    for (std::size_t i = 0; i < perm.size(); ++i)
+      inv[static_cast<std::size_t>(perm[i])] = static_cast<int>(i);
+    return inv;
   }
   void check_perm(const std::vector<int>& p, const char* name) const {
     if (p.empty()) return;
@@ -640,7 +665,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   }
 
   Matrix a_, b_;
-  std::vector<int> in_, out_;
+  std::vector<int> in_, out_, in_inv_, out_inv_;
   Eigen::Index n_ = 0;
 };
 
