@@ -223,6 +223,38 @@ TEST_CASE_TEMPLATE("KroneckerTransform equals P_out (A ⊗ B) P_in and is orthog
   CHECK(q2n::KroneckerTransform<T>::random(n, 10).dense() != D);
 }
 
+TEST_CASE_TEMPLATE("KroneckerTransform::apply in pieces of a chunk is the dense product", T,
+                   Q2N_TEST_SCALARS) {
+  // n = 256 = 16 · 16: apply() cuts each whole chunk of 64 columns into pieces of 16 columns
+  // (16 · 16 = 256 stacked rows fill a product panel) and takes a last, narrower chunk in one
+  // piece. Against T formed in double from its definition, T(i, perm_in[j]) =
+  // (A ⊗ B)(perm_out[i], j), on 2 chunks + 5 columns, both directions; and column ranges at
+  // multiples of kColumnChunk give the bits of one call. Tolerance as in the test above (each
+  // entry passes through two products of depth 16 of O(1) terms).
+  using K = q2n::KroneckerTransform<T>;
+  const Eigen::Index n = 256, q = 16, w = K::kColumnChunk;
+  const auto t = K::random(n, 21);
+  REQUIRE(t.right().rows() == q);
+  Eigen::MatrixXd dense(n, n);
+  for (Eigen::Index i = 0; i < n; ++i)
+    for (Eigen::Index j = 0; j < n; ++j) {
+      const Eigen::Index r = t.perm_out()[std::size_t(i)];
+      dense(i, t.perm_in()[std::size_t(j)]) =
+          double(t.left()(r / q, j / q)) * double(t.right()(r % q, j % q));
+    }
+  const Mat<T> X = q2n_test::gaussian<T>(n, 2 * w + 5, 6);
+  for (const bool transpose : {false, true}) {
+    Mat<T> Y = X, parts = X;
+    t.apply(Y, transpose);
+    const Eigen::MatrixXd want =
+        (transpose ? Eigen::MatrixXd(dense.transpose()) : dense) * X.template cast<double>();
+    CHECK((Y.template cast<double>() - want).cwiseAbs().maxCoeff() <= tol_rt<T>());
+    for (Eigen::Index c0 = 0; c0 < parts.cols(); c0 += w)
+      t.apply(parts.middleCols(c0, std::min(w, parts.cols() - c0)), transpose);
+    CHECK(parts == Y);
+  }
+}
+
 TEST_CASE_TEMPLATE("KroneckerTransform::complete_conjugation is T S Tᵀ, exactly symmetric", T,
                    Q2N_TEST_SCALARS) {
   // n = 600 = 20 · 30 in blocks of 256 rows: the first block needs 9 of the 20 column blocks,
