@@ -26,6 +26,19 @@ Eigen::MatrixXf gaussian(Eigen::Index r, Eigen::Index c, std::uint32_t seed, flo
   return m;
 }
 
+// The fastest of `reps` runs of f, as runs per second.
+template <class F>
+double best_rate(int reps, F&& f) {
+  double best = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::max(
+        best, 1 / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
 // Sample-averaged activations with LLM-like structure (see bench_projection.cpp).
 Eigen::MatrixXf make_abar(Eigen::Index cols, std::uint32_t seed = 1) {
   Eigen::MatrixXf a = gaussian(kT, 32, seed) * gaussian(32, cols, seed + 1) / 32.f;
@@ -56,11 +69,7 @@ void BM_SGEMM(benchmark::State& state) {
   double best = 0;
   for (auto _ : state) {
     c.noalias() = a * b;
-    for (int i = 0; i < 5; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      c.noalias() = a * b;
-      best = std::max(best, 1 / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
+    best = best_rate(5, [&] { c.noalias() = a * b; });
     benchmark::DoNotOptimize(c.data());
   }
   state.counters["GFLOPs"] = 2.0 * n * n * n * 1e-9 * best;
@@ -76,8 +85,7 @@ void BM_FactorProduct(benchmark::State& state) {
   const Eigen::Index panels = 2 * n * n / (p * width);
   double best = 0;
   for (auto _ : state) {
-    for (int rep = 0; rep < 3; ++rep) {
-      const auto t0 = std::chrono::steady_clock::now();
+    best = best_rate(3, [&] {
 #if defined(_OPENMP)
 #pragma omp parallel
 #endif
@@ -91,9 +99,7 @@ void BM_FactorProduct(benchmark::State& state) {
           benchmark::DoNotOptimize(y.data());
         }
       }
-      best = std::max(
-          best, 1 / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
+    });
   }
   state.counters["GFLOPs"] = 2.0 * double(p) * p * width * panels * 1e-9 * best;
 }
