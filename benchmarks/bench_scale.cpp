@@ -9,10 +9,16 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <q2n/detail/factor_product.hpp>
 #include <q2n/projection.hpp>
 #include <q2n/quantizers.hpp>
 #include <random>
 #include <utility>
+#include <xsimd/xsimd.hpp>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -75,17 +81,50 @@ void BM_SGEMM(benchmark::State& state) {
   state.counters["GFLOPs"] = 2.0 * n * n * n * 1e-9 * best;
 }
 
-// The products the Kronecker transform is made of, at the machine's best: a p x p factor
-// (p = 64, 4096 = 64 · 64) times 64 x 512 panels that stay in the cache, every thread on its
-// own panels, as many as one application to an n x n matrix holds (both factors' products).
-// The rate bounds what KroneckerTransform can reach, data movement not counted.
-void BM_FactorProduct(benchmark::State& state) {
-  const Eigen::Index p = state.range(0), n = p * p, width = 512;
-  const Eigen::MatrixXf a = gaussian(p, p, 4), x = gaussian(p, width, 5);
-  const Eigen::Index panels = 2 * n * n / (p * width);
+// The machine's FMA peak: 12 independent chains of fused multiply-adds on full SIMD registers
+// per thread, nothing loaded or stored (twice the FMAs per second: the most any float product
+// can reach here).
+void BM_FmaPeak(benchmark::State& state) {
+  using B = xsimd::batch<float>;
+  constexpr int chains = 12;
+  constexpr long steps = 20'000'000;
+  int threads = 1;
   double best = 0;
   for (auto _ : state) {
     best = best_rate(3, [&] {
+#if defined(_OPENMP)
+#pragma omp parallel
+#endif
+      {
+#if defined(_OPENMP)
+#pragma omp single
+        threads = omp_get_num_threads();
+#endif
+        B acc[chains];
+        for (int c = 0; c < chains; ++c) acc[c] = B(1e-3f * float(c));
+        const B a(0.9999f), b(1e-4f);
+        for (long k = 0; k < steps; ++k)
+          for (int c = 0; c < chains; ++c) acc[c] = xsimd::fma(acc[c], a, b);
+        float sum = 0;
+        for (int c = 0; c < chains; ++c) sum += xsimd::hadd(acc[c]);
+        benchmark::DoNotOptimize(sum);
+      }
+    });
+  }
+  state.counters["GFLOPs"] = 2.0 * B::size * chains * double(steps) * threads * 1e-9 * best;
+}
+
+// The products the Kronecker transform is made of, at their best: a p x p factor (p = 64,
+// 4096 = 64 · 64) times 64 x 516 blocks that stay in the L1 cache, every thread on its own
+// blocks, as many as one application to an n x n matrix holds (both factors' products), by
+// detail::factor_product (what KroneckerTransform runs) and, for comparison, by Eigen's product
+// (eigen_GFLOPs). The rate bounds what KroneckerTransform can reach, data movement not counted.
+void BM_FactorProduct(benchmark::State& state) {
+  const Eigen::Index p = state.range(0), n = p * p, width = 516;
+  const Eigen::MatrixXf a = gaussian(p, p, 4), x = gaussian(p, width, 5);
+  const Eigen::Index blocks = 2 * n * n / (p * width);
+  const auto rate = [&](bool kernel) {
+    return best_rate(3, [&] {
 #if defined(_OPENMP)
 #pragma omp parallel
 #endif
@@ -94,14 +133,24 @@ void BM_FactorProduct(benchmark::State& state) {
 #if defined(_OPENMP)
 #pragma omp for schedule(static)
 #endif
-        for (Eigen::Index k = 0; k < panels; ++k) {
-          y.noalias() = a * x;
+        for (Eigen::Index k = 0; k < blocks; ++k) {
+          if (kernel)
+            q2n::detail::factor_product(y.data(), p, a.data(), p, {x.data(), 1, p}, p, width, p);
+          else
+            y.noalias() = a * x;
           benchmark::DoNotOptimize(y.data());
         }
       }
     });
+  };
+  double best = 0, eigen = 0;
+  for (auto _ : state) {
+    best = rate(true);
+    eigen = rate(false);
   }
-  state.counters["GFLOPs"] = 2.0 * double(p) * p * width * panels * 1e-9 * best;
+  const double gflop = 2.0 * double(p) * p * width * blocks * 1e-9;
+  state.counters["GFLOPs"] = gflop * best;
+  state.counters["eigen_GFLOPs"] = gflop * eigen;
 }
 
 void BM_Hessian(benchmark::State& state) {
@@ -287,6 +336,7 @@ void one_shot(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_SGEMM)->Arg(4096)->Apply(one_shot);
+BENCHMARK(BM_FmaPeak)->Apply(one_shot);
 BENCHMARK(BM_FactorProduct)->Arg(64)->Apply(one_shot);
 BENCHMARK(BM_Hessian)->Arg(4096)->Arg(8192)->Arg(14336)->Apply(one_shot);
 BENCHMARK(BM_NullSpace)

@@ -48,14 +48,35 @@ double tol_rt() {
   return std::is_same_v<T, float> ? 1e-5 : 1e-13;
 }
 
-// X with T applied to each range of kColumnChunk columns on its own (the last narrower), as
-// QuIP applies it, each range right after its rescaling.
+// X with T applied to each range of w columns on its own (the last narrower), as QuIP applies
+// it, each range right after its rescaling; with `rows`, to ranges of w rows (apply_right).
 template <class T>
-Mat<T> applied_by_chunks(const q2n::KroneckerTransform<T>& t, Mat<T> X, bool transpose) {
-  constexpr Eigen::Index w = q2n::KroneckerTransform<T>::kColumnChunk;
-  for (Eigen::Index c0 = 0; c0 < X.cols(); c0 += w)
-    t.apply(X.middleCols(c0, std::min(w, X.cols() - c0)), transpose);
+Mat<T> applied_in_ranges(const q2n::KroneckerTransform<T>& t, Mat<T> X, bool transpose,
+                         Eigen::Index w, bool rows = false) {
+  const Eigen::Index len = rows ? X.rows() : X.cols();
+  for (Eigen::Index a = 0; a < len; a += w) {
+    const Eigen::Index n = std::min(w, len - a);
+    if (rows)
+      t.apply_right(X.middleRows(a, n), transpose);
+    else
+      t.apply(X.middleCols(a, n), transpose);
+  }
   return X;
+}
+
+// A column's result (a row's, with `rows`) depends on that column (row) alone: ranges of 1, 7
+// and 64 give the bits of one call on all of X.
+template <class T>
+bool split_gives_whole(const q2n::KroneckerTransform<T>& t, const Mat<T>& X, bool transpose,
+                       bool rows = false) {
+  Mat<T> whole = X;
+  if (rows)
+    t.apply_right(whole, transpose);
+  else
+    t.apply(whole, transpose);
+  for (const Eigen::Index w : {1, 7, 64})
+    if (applied_in_ranges(t, X, transpose, w, rows) != whole) return false;
+  return true;
 }
 
 }  // namespace
@@ -218,30 +239,26 @@ TEST_CASE_TEMPLATE("KroneckerTransform equals P_out (A ⊗ B) P_in and is orthog
   Mat<T> X = q2n_test::gaussian<T>(n, 3, 2), Y = X;
   t.apply(Y, true);
   CHECK((Y - D.transpose() * X).cwiseAbs().maxCoeff() <= tol_rt<T>());
-  // Column ranges that start at multiples of kColumnChunk give the bits of one call (QuIP
-  // applies the transform to such ranges, each right after its rescaling).
-  constexpr Eigen::Index w = q2n::KroneckerTransform<T>::kColumnChunk;
+  // Any split of the columns (of the rows, for apply_right) gives the bits of one call (QuIP
+  // applies the transform to ranges of columns, each right after its rescaling).
   for (const bool transpose : {false, true}) {
-    const Mat<T> X0 = q2n_test::gaussian<T>(n, 2 * w + 5, 4);
-    Mat<T> whole = X0;
-    t.apply(whole, transpose);
-    CHECK(applied_by_chunks(t, X0, transpose) == whole);
+    CHECK(split_gives_whole(t, q2n_test::gaussian<T>(n, 133, 4), transpose));
+    CHECK(split_gives_whole(t, q2n_test::gaussian<T>(75, n, 5), transpose, /*rows=*/true));
   }
   const auto again = q2n::KroneckerTransform<T>::random(n, 9);
   CHECK(again.dense() == D);
   CHECK(q2n::KroneckerTransform<T>::random(n, 10).dense() != D);
 }
 
-TEST_CASE_TEMPLATE("KroneckerTransform::apply in pieces of a chunk is the dense product", T,
+TEST_CASE_TEMPLATE("KroneckerTransform::apply in pieces is the dense product", T,
                    Q2N_TEST_SCALARS) {
-  // n = 256 = 16 · 16: apply() cuts each whole chunk of 64 columns into pieces of 16 columns
-  // (16 · 16 = 256 stacked rows fill a product panel) and takes a last, narrower chunk in one
-  // piece. Against T formed in double from its definition, T(i, perm_in[j]) =
-  // (A ⊗ B)(perm_out[i], j), on 2 chunks + 5 columns, both directions; and column ranges at
-  // multiples of kColumnChunk give the bits of one call. Tolerance as in the test above (each
-  // entry passes through two products of depth 16 of O(1) terms).
+  // n = 256 = 16 · 16: apply() takes pieces of 64 columns, the last narrower. Against T
+  // formed in double from its definition, T(i, perm_in[j]) = (A ⊗ B)(perm_out[i], j), on 2
+  // pieces + 5 columns, both directions; and any split of the columns gives the bits of one
+  // call. Tolerance as in the test above (each entry passes through two products of depth 16
+  // of O(1) terms).
   using K = q2n::KroneckerTransform<T>;
-  const Eigen::Index n = 256, q = 16, w = K::kColumnChunk;
+  const Eigen::Index n = 256, q = 16, w = 64;
   const auto t = K::random(n, 21);
   REQUIRE(t.right().rows() == q);
   Eigen::MatrixXd dense(n, n);
@@ -258,7 +275,7 @@ TEST_CASE_TEMPLATE("KroneckerTransform::apply in pieces of a chunk is the dense 
     const Eigen::MatrixXd want =
         (transpose ? Eigen::MatrixXd(dense.transpose()) : dense) * X.template cast<double>();
     CHECK((Y.template cast<double>() - want).cwiseAbs().maxCoeff() <= tol_rt<T>());
-    CHECK(applied_by_chunks(t, X, transpose) == Y);
+    CHECK(split_gives_whole(t, X, transpose));
   }
 }
 

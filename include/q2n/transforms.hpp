@@ -17,7 +17,9 @@
 ///   permutations (QuIP's incoherence transform); cost per vector n·(p + q). random() draws A
 ///   and B Haar-distributed and the permutations uniformly from a seed, with n = p·q split as
 ///   QuIP does. complete_conjugation() finishes T S Tᵀ for a symmetric S from T S with about
-///   half the products of apply_right().
+///   half the products of apply_right(). The factors' products are detail::factor_product's,
+///   which computes every entry the same way wherever it sits: each column of apply()'s result
+///   (each row of apply_right()'s) depends on that column (row) alone, bit for bit.
 ///
 /// Random draws use std::mt19937_64's raw output (specified by the C++ standard), never the
 /// library-defined distributions, so a seed gives the same transform with any standard library.
@@ -31,13 +33,12 @@
 /// V.apply_right(W, true);             // W ← W Vᵀ
 /// \endcode
 
-#include <q2n/detail/check.hpp>
-#include <q2n/detail/parallel.hpp>
-#include <q2n/detail/transpose.hpp>
-#include <q2n/storage.hpp>
-
 #include <Eigen/Core>
 #include <Eigen/QR>
+#include <q2n/detail/check.hpp>
+#include <q2n/detail/factor_product.hpp>
+#include <q2n/detail/transpose.hpp>
+#include <q2n/storage.hpp>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -440,6 +441,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   KroneckerTransform(Matrix A, Matrix B, std::vector<int> perm_in = {}, std::vector<int> perm_out = {})
       : a_(std::move(A)), b_(std::move(B)), in_(std::move(perm_in)), out_(std::move(perm_out)) {
     DenseTransform<Scalar> check_a(a_), check_b(b_);  // orthogonality, finiteness
+    bt_ = b_.transpose();
     n_ = a_.rows() * b_.rows();
     check_perm(in_, "perm_in");
     check_perm(out_, "perm_out");
@@ -471,13 +473,6 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     return KroneckerTransform(std::move(A), std::move(B), std::move(pin), std::move(pout));
   }
 
-  /// apply() works on chunks of this many columns (the last one narrower), and a column's
-  /// rounding depends on its place in its chunk: a caller that applies the transform to
-  /// column ranges starting at multiples of this width gets the bits of one call on all
-  /// columns. Each thread works on its own pieces of chunks (buffer_columns()), in buffers
-  /// of its own.
-  static constexpr Eigen::Index kColumnChunk = 64;
-
   Eigen::Index size() const override { return n_; }
   const Matrix& left() const { return a_; }
   const Matrix& right() const { return b_; }
@@ -487,16 +482,16 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
     detail::check_transform_rows(*this, X.rows(), "q2n::KroneckerTransform::apply");
     // Column x as p × q row-major Y is, in memory, the q × p column-major C = Yᵀ, and
-    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ (Tᵀ x: Bᵀ C A). A chunk of w columns is stored with
-    // entry (b, a) of column c at b + q·(c + w·a): as q × (w·p) it is every column's C side by
-    // side (B C: one large product), as (q·w) × p it is every column's C stacked (C Aᵀ: one
-    // large product). The products have fixed panels and the copies are entry by entry, so
-    // the result does not depend on the thread count.
+    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ (Tᵀ x: Bᵀ C A). Each thread takes pieces of w columns
+    // (buffers of about 128 KiB of float, in its core's cache), stored with entry (b, a) of
+    // column c at b + q·(c + w·a): as q × (w·p) it is every column's C side by side (B C: one
+    // product), as (q·w) × p every column's C stacked (C Aᵀ: one product). Every entry of a
+    // product is computed the same way wherever it sits (detail::factor_product), so a
+    // column's result depends on that column alone: not on the pieces, the other columns or
+    // the thread count.
     const Eigen::Index p = a_.rows(), q = b_.rows(), cols = X.cols();
-    // Whole chunks in parts of buffer_columns() columns (a divisor of kColumnChunk), the last
-    // chunk, if narrower, in one piece: the pieces of a chunk are those of the chunk alone.
-    const Eigen::Index part = buffer_columns(), full = cols / kColumnChunk * kColumnChunk;
-    const Eigen::Index tail = cols - full, pieces = full / part + (tail > 0 ? 1 : 0);
+    const Eigen::Index part = std::clamp<Eigen::Index>((Eigen::Index{1} << 15) / n_, 1, 64);
+    const Eigen::Index pieces = (cols + part - 1) / part;
     // Entry j of a column goes to entry to_buffer[j] of its buffer (P_in x, or P_outᵀ x), and
     // entry i of the result comes from entry from_buffer[i] (P_out y, or P_inᵀ y).
     const std::vector<int>& to_buffer = transpose ? out_ : in_inv_;
@@ -505,15 +500,14 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
 #pragma omp parallel if (pieces > 1 && !omp_in_parallel())
 #endif
     {
-      const Eigen::Index width = std::min(std::max(part, tail), cols);
-      Matrix Y(n_, width), Z(n_, width);
+      Matrix Y(n_, std::min(part, cols)), Z(n_, std::min(part, cols));
       std::vector<Scalar> column(static_cast<std::size_t>(n_));
       Scalar* v = column.data();
 #if defined(_OPENMP)
 #pragma omp for schedule(static)
 #endif
       for (Eigen::Index k = 0; k < pieces; ++k) {
-        const Eigen::Index c0 = k * part, w = c0 < full ? part : tail;
+        const Eigen::Index c0 = k * part, w = std::min(part, cols - c0);
         // Each column is permuted in a contiguous buffer, then moved into place in runs of q.
         for (Eigen::Index c = 0; c < w; ++c) {
           const Scalar* x = X.col(c0 + c).data();
@@ -521,16 +515,10 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
           for (Eigen::Index a = 0; a < p; ++a)
             std::copy(v + a * q, v + (a + 1) * q, Y.data() + q * (c + w * a));
         }
-        Eigen::Map<Matrix> Yw(Y.data(), q, w * p), Zw(Z.data(), q, w * p);
-        if (transpose)
-          detail::panel_product(Zw, b_.transpose(), Yw, Scalar(1), false);
-        else
-          detail::panel_product(Zw, b_, Yw, Scalar(1), false);
-        Eigen::Map<Matrix> Ys(Y.data(), q * w, p), Zs(Z.data(), q * w, p);
-        if (transpose)
-          detail::panel_product(Ys, Zs, a_, Scalar(1), false);
-        else
-          detail::panel_product(Ys, Zs, a_.transpose(), Scalar(1), false);
+        detail::factor_product(Z.data(), q, (transpose ? bt_ : b_).data(), q, {Y.data(), 1, q}, q,
+                               w * p, q);
+        detail::factor_product(Y.data(), q * w, Z.data(), q * w, operand(a_, !transpose), q * w, p,
+                               p);
         for (Eigen::Index c = 0; c < w; ++c) {
           for (Eigen::Index a = 0; a < p; ++a) {
             const Scalar* y = Y.data() + q * (c + w * a);
@@ -547,9 +535,10 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     detail::check_transform_cols(*this, M.cols(), "q2n::KroneckerTransform::apply_right");
     // Row r becomes r T = (Tᵀ rᵀ)ᵀ, or r Tᵀ = (T rᵀ)ᵀ. A block of rows is copied, its columns
     // permuted, into a buffer Y, where column a·q + b holds entry (a, b) of every row's p × q
-    // view: B acts on each of the p column blocks of width q (one product per block, into Z),
-    // and A on the (rows·q) × p matrix that is Z's memory (one product, back into Y), which is
-    // then copied back, permuted (blocks and buffers: detail::for_each_row_block).
+    // view: B acts on each of the p column blocks of width q (a product per block, into Z),
+    // and A on the p columns b, q + b, 2q + b, ... of Z for each b (a product per b, back into
+    // Y), which is then copied back, permuted (blocks and buffers: detail::for_each_row_block).
+    // As in apply, a row's result depends on that row alone.
     const bool rows_get_t = transpose;
     const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
     // Column j of M goes to column to_buffer[j] of Y, column i of the result comes from
@@ -562,17 +551,12 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
           in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) {
             Y.col(to) = M.middleRows(r0, nb).col(j);
           });
-          for (Eigen::Index a = 0; a < p; ++a) {
-            if (rows_get_t)
-              Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_.transpose();
-            else
-              Z.middleCols(a * q, q).noalias() = Y.middleCols(a * q, q) * b_;
-          }
-          Eigen::Map<Matrix> Zs(Z.data(), nb * q, p), Ys(Y.data(), nb * q, p);
-          if (rows_get_t)
-            Ys.noalias() = Zs * a_.transpose();
-          else
-            Ys.noalias() = Zs * a_;
+          for (Eigen::Index a = 0; a < p; ++a)
+            detail::factor_product(Z.data() + a * q * nb, nb, Y.data() + a * q * nb, nb,
+                                   operand(b_, rows_get_t), nb, q, q);
+          for (Eigen::Index b = 0; b < q; ++b)
+            detail::factor_product(Y.data() + b * nb, nb * q, Z.data() + b * nb, nb * q,
+                                   operand(a_, rows_get_t), nb, p, p);
           in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) {
             M.middleRows(r0, nb).col(i) = Y.col(from);
           });
@@ -605,10 +589,12 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
           in_order(in_inv_, [&](Eigen::Index j, Eigen::Index to) {
             Y.col(to) = G.middleRows(r0, nb).col(j);
           });
-          Eigen::Map<Matrix> Ys(Y.data(), nb * q, p), Zs(Z.data(), nb * q, na);
-          Zs.noalias() = Ys * a_.topRows(na).transpose();
+          for (Eigen::Index b = 0; b < q; ++b)
+            detail::factor_product(Z.data() + b * nb, nb * q, Y.data() + b * nb, nb * q,
+                                   operand(a_, true), nb, na, p);
           for (Eigen::Index c = 0; c < na; ++c)
-            Y.middleCols(c * q, q).noalias() = Z.middleCols(c * q, q) * b_.transpose();
+            detail::factor_product(Y.data() + c * q * nb, nb, Z.data() + c * q * nb, nb,
+                                   operand(b_, true), nb, q, q);
           G.block(r0, 0, nb, na * q) = Y.leftCols(na * q);
         });
     detail::copy_lower_to_upper(G);
@@ -622,20 +608,6 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   }
 
  private:
-  // Columns per piece of a whole chunk in apply(): the fewest, from 8 up, whose stacked rows
-  // (q·w) fill whole panels of panel_product and leave both products on the sides a chunk's
-  // are cut on, so every product is cut into the same panels as for the whole chunk and gives
-  // the same bits (the panels of B's product, cut by columns, give the same bits at any
-  // offset; those of A's, cut by rows, do not); kColumnChunk when no width does. Small buffers stay
-  // in a core's cache: one application to a 4096² float matrix 0.0225 -> 0.020 s (8 columns, two
-  // buffers of 128 KiB per thread, against 64 and 1 MiB), 4096 × 14336 0.094 -> 0.070 s, 14336²
-  // 0.49 -> 0.44 s.
-  Eigen::Index buffer_columns() const {
-    const Eigen::Index p = a_.rows(), q = b_.rows();
-    for (Eigen::Index w = 8; w < kColumnChunk; w *= 2)
-      if ((q * w) % detail::kPanel == 0 && q * w > p && w * p > q) return w;
-    return kColumnChunk;
-  }
   // f(k, map[k]) for k = 0..n−1 in order (an empty map the identity). The permuted copies
   // between a matrix in memory and a buffer walk the matrix's side in order with k, the map
   // giving the buffer's index: the items are short runs (a column of a 64-row block at
@@ -670,7 +642,12 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     }
     if (!ok) detail::fail("q2n::KroneckerTransform: ", name, " is not a permutation of 0..", n_ - 1);
   }
-  Matrix a_, b_;
+  // F or Fᵀ (F = a_ or b_) as the right operand of detail::factor_product.
+  static detail::FactorOperand<Scalar> operand(const Matrix& f, bool transposed) {
+    if (transposed) return {f.data(), f.rows(), 1};  // Fᵀ(k, j) = F(j, k)
+    return {f.data(), 1, f.rows()};
+  }
+  Matrix a_, b_, bt_;                   // bt_ = b_ᵀ, the left operand of Bᵀ's products
   std::vector<int> in_, out_, in_inv_;  // in_inv_: in_'s inverse, for copies in order
   Eigen::Index n_ = 0;
 };

@@ -162,9 +162,9 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
   // 2. Incoherence: w ← U w Vᵀ, h ← V h Vᵀ.
   // U w and V h act on each column alone, so each is done in the same pass as that column's
   // scaling, by chunks of columns shared among the threads: every column is computed the same
-  // way on any number of them (a maximum has no rounding), and the chunks are the Kronecker
-  // transform's own (KroneckerTransform::kColumnChunk), so the bits are those of one pass
-  // after the other.
+  // way on any number of them (a maximum has no rounding), and both transforms give a column
+  // a result that depends on that column alone, so the bits are those of one pass after the
+  // other.
   // With the Kronecker transform V = P_out K (K = (A ⊗ B) P_in), h becomes K h Kᵀ instead and
   // stays in K's order: V h Vᵀ = P_out (K h Kᵀ) P_outᵀ, and LDLQ reads h through a column
   // permutation of its own, which takes P_out in with it. So no pass over h permutes it, and
@@ -186,7 +186,7 @@ QuantResult<Scalar> quip_impl(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynam
     }
   }
   const OrthogonalTransform<Scalar>* h_side = core ? &*core : tf.input.get();
-  constexpr Index kChunk = KroneckerTransform<Scalar>::kColumnChunk;
+  constexpr Index kChunk = 64;  // columns per task
   const Index chunks = (cols + kChunk - 1) / kChunk;
   const auto each_chunk = [&](auto&& f) {  // f(first column, count)
     detail::for_each_index(chunks, [&](Index c) { f(c * kChunk, std::min(kChunk, cols - c * kChunk)); });
