@@ -250,15 +250,15 @@ TEST_CASE_TEMPLATE("KroneckerTransform equals P_out (A ⊗ B) P_in and is orthog
   CHECK(q2n::KroneckerTransform<T>::random(n, 10).dense() != D);
 }
 
-TEST_CASE_TEMPLATE("KroneckerTransform::apply in pieces is the dense product", T,
+TEST_CASE_TEMPLATE("KroneckerTransform::apply at n = 256 is the dense product", T,
                    Q2N_TEST_SCALARS) {
-  // n = 256 = 16 · 16: apply() takes pieces of 64 columns, the last narrower. Against T
-  // formed in double from its definition, T(i, perm_in[j]) = (A ⊗ B)(perm_out[i], j), on 2
-  // pieces + 5 columns, both directions; and any split of the columns gives the bits of one
-  // call. Tolerance as in the test above (each entry passes through two products of depth 16
-  // of O(1) terms).
+  // n = 256 = 16 · 16: factors of whole SIMD batches of rows (n = 120 above has only tails).
+  // Against T formed in double from its definition, T(i, perm_in[j]) = (A ⊗ B)(perm_out[i], j),
+  // on 133 columns, both directions; and any split of the columns gives the bits of one call.
+  // Tolerance as in the test above (each entry passes through two products of depth 16 of O(1)
+  // terms).
   using K = q2n::KroneckerTransform<T>;
-  const Eigen::Index n = 256, q = 16, w = 64;
+  const Eigen::Index n = 256, q = 16;
   const auto t = K::random(n, 21);
   REQUIRE(t.right().rows() == q);
   Eigen::MatrixXd dense(n, n);
@@ -268,7 +268,7 @@ TEST_CASE_TEMPLATE("KroneckerTransform::apply in pieces is the dense product", T
       dense(i, t.perm_in()[std::size_t(j)]) =
           double(t.left()(r / q, j / q)) * double(t.right()(r % q, j % q));
     }
-  const Mat<T> X = q2n_test::gaussian<T>(n, 2 * w + 5, 6);
+  const Mat<T> X = q2n_test::gaussian<T>(n, 133, 6);
   for (const bool transpose : {false, true}) {
     Mat<T> Y = X;
     t.apply(Y, transpose);

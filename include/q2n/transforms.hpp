@@ -482,51 +482,33 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
     detail::check_transform_rows(*this, X.rows(), "q2n::KroneckerTransform::apply");
     // Column x as p × q row-major Y is, in memory, the q × p column-major C = Yᵀ, and
-    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ (Tᵀ x: Bᵀ C A). Each thread takes pieces of w columns
-    // (buffers of about 128 KiB of float, in its core's cache), stored with entry (b, a) of
-    // column c at b + q·(c + w·a): as q × (w·p) it is every column's C side by side (B C: one
-    // product), as (q·w) × p every column's C stacked (C Aᵀ: one product). Every entry of a
-    // product is computed the same way wherever it sits (detail::factor_product), so a
-    // column's result depends on that column alone: not on the pieces, the other columns or
-    // the thread count.
+    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ (Tᵀ x: Bᵀ C A): each column is permuted into a buffer
+    // that then holds its C, C goes through the two products in the cache, and the result is
+    // permuted back. Every entry of a product is computed the same way wherever it sits
+    // (detail::factor_product) and the columns are shared among the threads, so a column's
+    // result depends on that column alone: not on the other columns or the thread count.
     const Eigen::Index p = a_.rows(), q = b_.rows(), cols = X.cols();
-    const Eigen::Index part = std::clamp<Eigen::Index>((Eigen::Index{1} << 15) / n_, 1, 64);
-    const Eigen::Index pieces = (cols + part - 1) / part;
     // Entry j of a column goes to entry to_buffer[j] of its buffer (P_in x, or P_outᵀ x), and
     // entry i of the result comes from entry from_buffer[i] (P_out y, or P_inᵀ y).
     const std::vector<int>& to_buffer = transpose ? out_ : in_inv_;
     const std::vector<int>& from_buffer = transpose ? in_inv_ : out_;
+    const Scalar* b_side = (transpose ? bt_ : b_).data();
+    const detail::FactorOperand<Scalar> a_side = operand(a_, !transpose);
 #if defined(_OPENMP)
-#pragma omp parallel if (pieces > 1 && !omp_in_parallel())
+#pragma omp parallel if (cols > 1 && !omp_in_parallel())
 #endif
     {
-      Matrix Y(n_, std::min(part, cols)), Z(n_, std::min(part, cols));
-      std::vector<Scalar> column(static_cast<std::size_t>(n_));
-      Scalar* v = column.data();
+      Eigen::Matrix<Scalar, Eigen::Dynamic, 1> buffers(2 * n_);
+      Scalar *c = buffers.data(), *z = c + n_;
 #if defined(_OPENMP)
 #pragma omp for schedule(static)
 #endif
-      for (Eigen::Index k = 0; k < pieces; ++k) {
-        const Eigen::Index c0 = k * part, w = std::min(part, cols - c0);
-        // Each column is permuted in a contiguous buffer, then moved into place in runs of q.
-        for (Eigen::Index c = 0; c < w; ++c) {
-          const Scalar* x = X.col(c0 + c).data();
-          in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) { v[to] = x[j]; });
-          for (Eigen::Index a = 0; a < p; ++a)
-            std::copy(v + a * q, v + (a + 1) * q, Y.data() + q * (c + w * a));
-        }
-        detail::factor_product(Z.data(), q, (transpose ? bt_ : b_).data(), q, {Y.data(), 1, q}, q,
-                               w * p, q);
-        detail::factor_product(Y.data(), q * w, Z.data(), q * w, operand(a_, !transpose), q * w, p,
-                               p);
-        for (Eigen::Index c = 0; c < w; ++c) {
-          for (Eigen::Index a = 0; a < p; ++a) {
-            const Scalar* y = Y.data() + q * (c + w * a);
-            std::copy(y, y + q, v + a * q);
-          }
-          Scalar* x = X.col(c0 + c).data();
-          in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) { x[i] = v[from]; });
-        }
+      for (Eigen::Index k = 0; k < cols; ++k) {
+        Scalar* x = X.col(k).data();
+        in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) { c[to] = x[j]; });
+        detail::factor_product(z, q, b_side, q, {c, 1, q}, q, p, q);  // B C (Bᵀ C)
+        detail::factor_product(c, q, z, q, a_side, q, p, p);          // then Aᵀ (A)
+        in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) { x[i] = c[from]; });
       }
     }
   }
