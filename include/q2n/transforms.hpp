@@ -522,7 +522,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     // Y), which is then copied back, permuted (blocks and buffers: detail::for_each_row_block).
     // As in apply, a row's result depends on that row alone.
     const bool rows_get_t = transpose;
-    const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows();
+    const Eigen::Index p = a_.rows(), rows = M.rows();
     // Column j of M goes to column to_buffer[j] of Y, column i of the result comes from
     // column from_buffer[i] (as in apply, with the roles of T and Tᵀ exchanged).
     const std::vector<int>& to_buffer = rows_get_t ? in_inv_ : out_;
@@ -533,12 +533,8 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
           in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) {
             Y.col(to) = M.middleRows(r0, nb).col(j);
           });
-          for (Eigen::Index a = 0; a < p; ++a)
-            detail::factor_product(Z.data() + a * q * nb, nb, Y.data() + a * q * nb, nb,
-                                   operand(b_, rows_get_t), nb, q, q);
-          for (Eigen::Index b = 0; b < q; ++b)
-            detail::factor_product(Y.data() + b * nb, nb * q, Z.data() + b * nb, nb * q,
-                                   operand(a_, rows_get_t), nb, p, p);
+          b_products(Y.data(), Z.data(), nb, p, rows_get_t);
+          a_products(Z.data(), Y.data(), nb, p, rows_get_t);
           in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) {
             M.middleRows(r0, nb).col(i) = Y.col(from);
           });
@@ -561,7 +557,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
       detail::symmetrize_in_place(G);
       return;
     }
-    const Eigen::Index p = a_.rows(), q = b_.rows();
+    const Eigen::Index q = b_.rows();
     // Row r becomes (A ⊗ B) P_in r in the buffers of apply_right, A first, since its outputs
     // are the column blocks the restriction cuts; the heaviest blocks (the last) first.
     detail::for_each_row_block<Scalar>(
@@ -571,12 +567,8 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
           in_order(in_inv_, [&](Eigen::Index j, Eigen::Index to) {
             Y.col(to) = G.middleRows(r0, nb).col(j);
           });
-          for (Eigen::Index b = 0; b < q; ++b)
-            detail::factor_product(Z.data() + b * nb, nb * q, Y.data() + b * nb, nb * q,
-                                   operand(a_, true), nb, na, p);
-          for (Eigen::Index c = 0; c < na; ++c)
-            detail::factor_product(Y.data() + c * q * nb, nb, Z.data() + c * q * nb, nb,
-                                   operand(b_, true), nb, q, q);
+          a_products(Y.data(), Z.data(), nb, na, true);
+          b_products(Z.data(), Y.data(), nb, na, true);
           G.block(r0, 0, nb, na * q) = Y.leftCols(na * q);
         });
     detail::copy_lower_to_upper(G);
@@ -623,6 +615,24 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
       seen[static_cast<std::size_t>(v)] = 1;
     }
     if (!ok) detail::fail("q2n::KroneckerTransform: ", name, " is not a permutation of 0..", n_ - 1);
+  }
+  // The products of a block of nb rows in the layout of apply_right, column a·q + b holding
+  // entry (a, b) of every row's p × q view: B (Bᵀ if transposed) on the rows' first `blocks`
+  // column blocks a of width q, and A on the columns b, q + b, 2q + b, ... for each b, only the
+  // first `outputs` of them written; from → to.
+  void b_products(const Scalar* from, Scalar* to, Eigen::Index nb, Eigen::Index blocks,
+                  bool transposed) const {
+    const Eigen::Index q = b_.rows();
+    for (Eigen::Index a = 0; a < blocks; ++a)
+      detail::factor_product(to + a * q * nb, nb, from + a * q * nb, nb, operand(b_, transposed),
+                             nb, q, q);
+  }
+  void a_products(const Scalar* from, Scalar* to, Eigen::Index nb, Eigen::Index outputs,
+                  bool transposed) const {
+    const Eigen::Index p = a_.rows(), q = b_.rows();
+    for (Eigen::Index b = 0; b < q; ++b)
+      detail::factor_product(to + b * nb, nb * q, from + b * nb, nb * q, operand(a_, transposed),
+                             nb, outputs, p);
   }
   // F or Fᵀ (F = a_ or b_) as the right operand of detail::factor_product.
   static detail::FactorOperand<Scalar> operand(const Matrix& f, bool transposed) {

@@ -111,19 +111,19 @@ void factor_product(T* c, std::ptrdiff_t ldc, const T* l, std::ptrdiff_t ldl,
   namespace fp = factor_product_impl;
   constexpr int NR = fp::kColumns;
   constexpr std::ptrdiff_t MR = 2 * fp::Batch<T>::size;
+  // R from its column j on.
+  const auto from_column = [&](std::ptrdiff_t j) {
+    return FactorOperand<T>{r.data + j * r.col_stride, r.row_stride, r.col_stride};
+  };
   // Rows outermost: a panel of L's rows stays in the L1 cache for all of C's columns.
   for (std::ptrdiff_t i = 0; i < m; i += MR) {
     const std::ptrdiff_t rows = std::min(MR, m - i);
     std::ptrdiff_t j = 0;
-    for (; j + NR <= n; j += NR) {
-      const FactorOperand<T> rj{r.data + j * r.col_stride, r.row_stride, r.col_stride};
-      fp::rows_block<T, NR>(c + i + j * ldc, ldc, l + i, ldl, rj, k, rows);
-    }
-    if (j < n) {
-      const FactorOperand<T> rj{r.data + j * r.col_stride, r.row_stride, r.col_stride};
-      fp::column_tail<T, NR - 1>(static_cast<int>(n - j), c + i + j * ldc, ldc, l + i, ldl, rj, k,
-                                 rows);
-    }
+    for (; j + NR <= n; j += NR)
+      fp::rows_block<T, NR>(c + i + j * ldc, ldc, l + i, ldl, from_column(j), k, rows);
+    if (j < n)
+      fp::column_tail<T, NR - 1>(static_cast<int>(n - j), c + i + j * ldc, ldc, l + i, ldl,
+                                 from_column(j), k, rows);
   }
 }
 
