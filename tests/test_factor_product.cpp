@@ -59,11 +59,12 @@ TEST_CASE_TEMPLATE("factor_product is exact on small integers, for every tail an
   // below 2^13 in magnitude: exact in float and double, and the result must equal the integer
   // product exactly. The shapes cover rows in one, two and more batches with every kind of
   // tail (1 to 2W + 1 rows for W up to 16), columns below, at and above the register block
-  // (6 or 12), and depths 1 to 64.
+  // (6 or 12), with short tails that are merged with the last block and split (13, 16, 25,
+  // 64 against 12; 7, 16, 25 against 6), and depths 1 to 64.
   std::mt19937 gen(5);
   std::uniform_int_distribution<int> u(-8, 8);
   for (const Index m : {1, 3, 5, 8, 15, 16, 17, 31, 32, 33, 48, 70})
-    for (const Index n : {1, 2, 5, 6, 7, 11, 12, 13, 25})
+    for (const Index n : {1, 2, 5, 6, 7, 11, 12, 13, 16, 18, 25, 64})
       for (const Index k : {1, 2, 9, 64})
         for (const bool by_rows : {false, true}) {
           CAPTURE(m);

@@ -11,6 +11,7 @@
 #include "test_util.hpp"
 
 #include <cmath>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -106,6 +107,23 @@ TEST_CASE("quip: every step against a literal re-implementation") {
       // Q is the stored matrix in the original basis.
       CHECK((res.Q - q2n::dequantize(st)).cwiseAbs().maxCoeff() == 0);
     }
+}
+
+TEST_CASE("quip: the rescaling's column norms against a long double sum") {
+  // sum_of_squares runs eight partial sums in double; against a long double sum of the same
+  // squares the rounding error is a few units of 2^-53 per partial sum, far below 1e-14.
+  std::mt19937 g(3);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (Eigen::Index n : {1, 7, 8, 9, 255, 256, 257, 1000, 4099}) {
+    CAPTURE(n);
+    std::vector<float> x(static_cast<std::size_t>(n));
+    for (auto& v : x) v = nd(g) * 100.f;
+    long double want = 0;
+    for (float v : x) want += static_cast<long double>(v) * static_cast<long double>(v);
+    const double got = q2n::detail::sum_of_squares(x.data(), n);
+    CHECK(std::abs(static_cast<long double>(got) - want) <= 1e-14L * want);
+  }
+  CHECK(q2n::detail::sum_of_squares(static_cast<const double*>(nullptr), 0) == 0.0);
 }
 
 TEST_CASE("quip: LDLQ is GPTQ on the column-reversed problem") {

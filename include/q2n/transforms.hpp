@@ -507,8 +507,12 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
         Scalar* x = X.col(k).data();
         in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) { c[to] = x[j]; });
         detail::factor_product(z, q, b_side, q, {c, 1, q}, q, p, q);  // B C (Bᵀ C)
-        detail::factor_product(c, q, z, q, a_side, q, p, p);          // then Aᵀ (A)
-        in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) { x[i] = c[from]; });
+        if (from_buffer.empty()) {                                    // then Aᵀ (A)
+          detail::factor_product(x, q, z, q, a_side, q, p, p);
+          continue;
+        }
+        detail::factor_product(c, q, z, q, a_side, q, p, p);
+        for (Eigen::Index i = 0; i < n_; ++i) x[i] = c[from_buffer[static_cast<std::size_t>(i)]];
       }
     }
   }
@@ -517,10 +521,10 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     detail::check_transform_cols(*this, M.cols(), "q2n::KroneckerTransform::apply_right");
     // Row r becomes r T = (Tᵀ rᵀ)ᵀ, or r Tᵀ = (T rᵀ)ᵀ. A block of rows is copied, its columns
     // permuted, into a buffer Y, where column a·q + b holds entry (a, b) of every row's p × q
-    // view: B acts on each of the p column blocks of width q (a product per block, into Z),
-    // and A on the p columns b, q + b, 2q + b, ... of Z for each b (a product per b, back into
-    // Y), which is then copied back, permuted (blocks and buffers: detail::for_each_row_block).
-    // As in apply, a row's result depends on that row alone.
+    // view: B acts on each of the p column blocks of width q (a product per block), into Z with
+    // entry (a, b) in column b·p + a, and A on each of Z's q column blocks of width p, back into
+    // Y, which is then copied back, permuted (blocks and buffers: detail::for_each_row_block;
+    // the layouts: b_products). As in apply, a row's result depends on that row alone.
     const bool rows_get_t = transpose;
     const Eigen::Index p = a_.rows(), rows = M.rows();
     // Column j of M goes to column to_buffer[j] of Y, column i of the result comes from
@@ -528,12 +532,12 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     const std::vector<int>& to_buffer = rows_get_t ? in_inv_ : out_;
     const std::vector<int>& from_buffer = rows_get_t ? out_ : in_inv_;
     detail::for_each_row_block<Scalar>(
-        rows, n_, detail::row_block_height(n_), /*last_first=*/false, /*two_buffers=*/true,
+        rows, n_, block_height(), /*last_first=*/false, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
           in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) {
             Y.col(to) = M.middleRows(r0, nb).col(j);
           });
-          b_products(Y.data(), Z.data(), nb, p, rows_get_t);
+          b_products(Y.data(), Z.data(), nb, p, rows_get_t, /*by_b=*/true);
           a_products(Z.data(), Y.data(), nb, p, rows_get_t);
           in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) {
             M.middleRows(r0, nb).col(i) = Y.col(from);
@@ -559,16 +563,18 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     }
     const Eigen::Index q = b_.rows();
     // Row r becomes (A ⊗ B) P_in r in the buffers of apply_right, A first, since its outputs
-    // are the column blocks the restriction cuts; the heaviest blocks (the last) first.
+    // are the column blocks the restriction cuts (so the block is loaded in the layout by b);
+    // the heaviest blocks (the last) first.
+    const Eigen::Index p = a_.rows();
     detail::for_each_row_block<Scalar>(
-        n_, n_, detail::row_block_height(n_), /*last_first=*/true, /*two_buffers=*/true,
+        n_, n_, block_height(), /*last_first=*/true, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
           const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
-          in_order(in_inv_, [&](Eigen::Index j, Eigen::Index to) {
-            Y.col(to) = G.middleRows(r0, nb).col(j);
+          in_order(in_inv_, [&](Eigen::Index j, Eigen::Index to) {  // entry (a, b) to b·p + a
+            Y.col(to % q * p + to / q) = G.middleRows(r0, nb).col(j);
           });
           a_products(Y.data(), Z.data(), nb, na, true);
-          b_products(Z.data(), Y.data(), nb, na, true);
+          b_products(Z.data(), Y.data(), nb, na, true, /*by_b=*/false);
           G.block(r0, 0, nb, na * q) = Y.leftCols(na * q);
         });
     detail::copy_lower_to_upper(G);
@@ -616,23 +622,36 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     }
     if (!ok) detail::fail("q2n::KroneckerTransform: ", name, " is not a permutation of 0..", n_ - 1);
   }
-  // The products of a block of nb rows in the layout of apply_right, column a·q + b holding
-  // entry (a, b) of every row's p × q view: B (Bᵀ if transposed) on the rows' first `blocks`
-  // column blocks a of width q, and A on the columns b, q + b, 2q + b, ... for each b, only the
-  // first `outputs` of them written; from → to.
+  // The products of a block of nb rows, in two layouts of the buffer's columns, which hold the
+  // p·q entries of every row's p × q view: by a (column a·q + b holds entry (a, b)), where B
+  // acts on column blocks, and by b (column b·p + a), where A does. A reads the layout by b, so
+  // that its operand's columns are nb entries apart: in the layout by a they would be q·nb
+  // apart, a multiple of the span of the L1 cache's sets, and evict one another (apply_right on
+  // 4096², float, two threads: the A products 0.0058-0.0063 s per thread from the layout by a,
+  // 0.0049-0.0055 from the layout by b).
+  // B (Bᵀ if transposed) on the first `blocks` blocks a of a buffer by a, into a buffer by b
+  // (by_b) or by a; A (Aᵀ) on the p columns of each b of a buffer by b, only the first
+  // `outputs` of them written, into a buffer by a; from → to.
   void b_products(const Scalar* from, Scalar* to, Eigen::Index nb, Eigen::Index blocks,
-                  bool transposed) const {
-    const Eigen::Index q = b_.rows();
+                  bool transposed, bool by_b) const {
+    const Eigen::Index p = a_.rows(), q = b_.rows();
     for (Eigen::Index a = 0; a < blocks; ++a)
-      detail::factor_product(to + a * q * nb, nb, from + a * q * nb, nb, operand(b_, transposed),
-                             nb, q, q);
+      detail::factor_product(to + (by_b ? a : a * q) * nb, by_b ? p * nb : nb, from + a * q * nb,
+                             nb, operand(b_, transposed), nb, q, q);
   }
   void a_products(const Scalar* from, Scalar* to, Eigen::Index nb, Eigen::Index outputs,
                   bool transposed) const {
     const Eigen::Index p = a_.rows(), q = b_.rows();
     for (Eigen::Index b = 0; b < q; ++b)
-      detail::factor_product(to + b * nb, nb * q, from + b * nb, nb * q, operand(a_, transposed),
+      detail::factor_product(to + b * nb, q * nb, from + b * p * nb, nb, operand(a_, transposed),
                              nb, outputs, p);
+  }
+  // Rows per block of apply_right and complete_conjugation: detail::row_block_height, at most
+  // 128 (apply_right on 4096 rows, float, two threads: n = 2048 0.013 s with 256-row blocks,
+  // 0.007 with 128; n = 4096 0.019 and 0.015; at 8192 and 14336, 128 and 64 rows were already
+  // the best of 64-256).
+  Eigen::Index block_height() const {
+    return std::min<Eigen::Index>(detail::row_block_height(n_), 128);
   }
   // F or Fᵀ (F = a_ or b_) as the right operand of detail::factor_product.
   static detail::FactorOperand<Scalar> operand(const Matrix& f, bool transposed) {

@@ -118,12 +118,19 @@ void factor_product(T* c, std::ptrdiff_t ldc, const T* l, std::ptrdiff_t ldl,
   // Rows outermost: a panel of L's rows stays in the L1 cache for all of C's columns.
   for (std::ptrdiff_t i = 0; i < m; i += MR) {
     const std::ptrdiff_t rows = std::min(MR, m - i);
+    // Full blocks of NR columns; a short tail (at most NR / 2 columns) is merged with the last
+    // full block and split into two halves, since narrow blocks leave the FMA units idle.
+    const std::ptrdiff_t tail = n % NR;
+    const std::ptrdiff_t full = (tail > 0 && tail <= NR / 2 && n > NR) ? n / NR - 1 : n / NR;
     std::ptrdiff_t j = 0;
-    for (; j + NR <= n; j += NR)
+    for (; j < full * NR; j += NR)
       fp::rows_block<T, NR>(c + i + j * ldc, ldc, l + i, ldl, from_column(j), k, rows);
-    if (j < n)
-      fp::column_tail<T, NR - 1>(static_cast<int>(n - j), c + i + j * ldc, ldc, l + i, ldl,
+    while (j < n) {  // the rest: under NR columns, or NR + tail in two parts under NR
+      const std::ptrdiff_t left = n - j, width = left > NR ? (left + 1) / 2 : left;
+      fp::column_tail<T, NR - 1>(static_cast<int>(width), c + i + j * ldc, ldc, l + i, ldl,
                                  from_column(j), k, rows);
+      j += width;
+    }
   }
 }
 
