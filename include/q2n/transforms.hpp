@@ -507,12 +507,10 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
         Scalar* x = X.col(k).data();
         in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) { c[to] = x[j]; });
         detail::factor_product(z, q, b_side, q, {c, 1, q}, q, p, q);  // B C (Bᵀ C)
-        if (from_buffer.empty()) {                                    // then Aᵀ (A)
-          detail::factor_product(x, q, z, q, a_side, q, p, p);
-          continue;
-        }
-        detail::factor_product(c, q, z, q, a_side, q, p, p);
-        for (Eigen::Index i = 0; i < n_; ++i) x[i] = c[from_buffer[static_cast<std::size_t>(i)]];
+        // Then Aᵀ (A): straight into the column when no permutation follows.
+        detail::factor_product(from_buffer.empty() ? x : c, q, z, q, a_side, q, p, p);
+        if (!from_buffer.empty())
+          in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) { x[i] = c[from]; });
       }
     }
   }
@@ -561,11 +559,10 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
       detail::symmetrize_in_place(G);
       return;
     }
-    const Eigen::Index q = b_.rows();
+    const Eigen::Index p = a_.rows(), q = b_.rows();
     // Row r becomes (A ⊗ B) P_in r in the buffers of apply_right, A first, since its outputs
     // are the column blocks the restriction cuts (so the block is loaded in the layout by b);
     // the heaviest blocks (the last) first.
-    const Eigen::Index p = a_.rows();
     detail::for_each_row_block<Scalar>(
         n_, n_, block_height(), /*last_first=*/true, /*two_buffers=*/true,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
