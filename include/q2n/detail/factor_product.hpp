@@ -25,6 +25,7 @@ template <class T>
 struct FactorOperand {
   const T* data;
   std::ptrdiff_t row_stride, col_stride;  // entry (i, j) at data[i·row_stride + j·col_stride]
+  const int* index = nullptr;  // if set, entry (i, j) is data[index[i·row_stride + j·col_stride]]
 };
 
 namespace factor_product_impl {
@@ -40,9 +41,18 @@ inline constexpr int kColumns = 12;
 inline constexpr int kColumns = 6;
 #endif
 
+template <class T, bool Indexed>
+inline T entry(const FactorOperand<T>& r, Index i, Index j) {
+  const Index at = i * r.row_stride + j * r.col_stride;
+  if constexpr (Indexed)
+    return r.data[r.index[at]];
+  else
+    return r.data[at];
+}
+
 // C[0:R·W, 0:NR] = L[0:R·W, :] R[:, 0:NR], R batches of W rows, rows < R·W valid (the rest
 // read from `pad`, a zero-padded copy of L's last rows, when rows < R·W).
-template <class T, int R, int NR>
+template <class T, int R, int NR, bool Indexed>
 inline void block(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, Index k,
                   Index rows) {
   using B = Batch<T>;
@@ -54,10 +64,9 @@ inline void block(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>
     for (Index kk = 0; kk < k; ++kk) {
       B lv[R];
       for (int a = 0; a < R; ++a) lv[a] = B::load_unaligned(l + kk * ldl + a * W);
-      const T* rr = r.data + kk * r.row_stride;
 #pragma GCC unroll 16
       for (int j = 0; j < NR; ++j) {
-        const B b(rr[j * r.col_stride]);
+        const B b(entry<T, Indexed>(r, kk, j));
         for (int a = 0; a < R; ++a) acc[a][j] = xsimd::fma(lv[a], b, acc[a][j]);
       }
     }
@@ -70,8 +79,8 @@ inline void block(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>
   for (Index kk = 0; kk < k; ++kk) {
     std::copy(l + kk * ldl, l + kk * ldl + rows, pad);
     const B lv = B::load_aligned(pad);
-    const T* rr = r.data + kk * r.row_stride;
-    for (int j = 0; j < NR; ++j) acc[0][j] = xsimd::fma(lv, B(rr[j * r.col_stride]), acc[0][j]);
+    for (int j = 0; j < NR; ++j)
+      acc[0][j] = xsimd::fma(lv, B(entry<T, Indexed>(r, kk, j)), acc[0][j]);
   }
   for (int j = 0; j < NR; ++j) {
     acc[0][j].store_aligned(pad);
@@ -80,58 +89,71 @@ inline void block(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>
 }
 
 // Columns [j, j + NR) of C, for the rows [i0, i0 + rows), rows ≤ 2W.
-template <class T, int NR>
+template <class T, int NR, bool Indexed>
 void rows_block(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, Index k,
                 Index rows) {
   constexpr Index W = Batch<T>::size;
   if (rows == 2 * W)
-    block<T, 2, NR>(c, ldc, l, ldl, r, k, rows);
+    block<T, 2, NR, Indexed>(c, ldc, l, ldl, r, k, rows);
   else
     for (Index i = 0; i < rows; i += W)
-      block<T, 1, NR>(c + i, ldc, l + i, ldl, r, k, std::min(W, rows - i));
+      block<T, 1, NR, Indexed>(c + i, ldc, l + i, ldl, r, k, std::min(W, rows - i));
 }
 
-template <class T, int NR>
+template <class T, int NR, bool Indexed>
 void column_tail(int n, T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, Index k,
                  Index rows) {
   if constexpr (NR > 0) {
-    if (n == NR) return rows_block<T, NR>(c, ldc, l, ldl, r, k, rows);
-    column_tail<T, NR - 1>(n, c, ldc, l, ldl, r, k, rows);
+    if (n == NR) return rows_block<T, NR, Indexed>(c, ldc, l, ldl, r, k, rows);
+    column_tail<T, NR - 1, Indexed>(n, c, ldc, l, ldl, r, k, rows);
+  }
+}
+
+template <class T, bool Indexed>
+void product(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, Index m, Index n,
+             Index k) {
+  constexpr int NR = kColumns;
+  constexpr Index MR = 2 * Batch<T>::size;
+  // R from its column j on.
+  const auto from_column = [&](Index j) {
+    if constexpr (Indexed)
+      return FactorOperand<T>{r.data, r.row_stride, r.col_stride, r.index + j * r.col_stride};
+    else
+      return FactorOperand<T>{r.data + j * r.col_stride, r.row_stride, r.col_stride};
+  };
+  // Rows outermost: a panel of L's rows stays in the L1 cache for all of C's columns.
+  for (Index i = 0; i < m; i += MR) {
+    const Index rows = std::min(MR, m - i);
+    // Full blocks of NR columns; a short tail (at most NR / 2 columns) is merged with the last
+    // full block and split into two halves, since narrow blocks leave the FMA units idle.
+    const Index tail = n % NR;
+    const Index full = (tail > 0 && tail <= NR / 2 && n > NR) ? n / NR - 1 : n / NR;
+    Index j = 0;
+    for (; j < full * NR; j += NR)
+      rows_block<T, NR, Indexed>(c + i + j * ldc, ldc, l + i, ldl, from_column(j), k, rows);
+    while (j < n) {  // the rest: under NR columns, or NR + tail in two parts under NR
+      const Index left = n - j, width = left > NR ? (left + 1) / 2 : left;
+      column_tail<T, NR - 1, Indexed>(static_cast<int>(width), c + i + j * ldc, ldc, l + i, ldl,
+                                      from_column(j), k, rows);
+      j += width;
+    }
   }
 }
 
 }  // namespace factor_product_impl
 
 /// C = L R: C is m × n with column stride ldc, L is m × k with unit row stride and column
-/// stride ldl, R is k × n (any strides). C must not overlap L or R.
+/// stride ldl, R is k × n (any strides; or its entries gathered through `index`, which is how
+/// KroneckerTransform::apply reads a column through its input permutation without a permuted
+/// copy). C must not overlap L or R.
 template <class T>
 void factor_product(T* c, std::ptrdiff_t ldc, const T* l, std::ptrdiff_t ldl,
                     const FactorOperand<T>& r, std::ptrdiff_t m, std::ptrdiff_t n,
                     std::ptrdiff_t k) {
-  namespace fp = factor_product_impl;
-  constexpr int NR = fp::kColumns;
-  constexpr std::ptrdiff_t MR = 2 * fp::Batch<T>::size;
-  // R from its column j on.
-  const auto from_column = [&](std::ptrdiff_t j) {
-    return FactorOperand<T>{r.data + j * r.col_stride, r.row_stride, r.col_stride};
-  };
-  // Rows outermost: a panel of L's rows stays in the L1 cache for all of C's columns.
-  for (std::ptrdiff_t i = 0; i < m; i += MR) {
-    const std::ptrdiff_t rows = std::min(MR, m - i);
-    // Full blocks of NR columns; a short tail (at most NR / 2 columns) is merged with the last
-    // full block and split into two halves, since narrow blocks leave the FMA units idle.
-    const std::ptrdiff_t tail = n % NR;
-    const std::ptrdiff_t full = (tail > 0 && tail <= NR / 2 && n > NR) ? n / NR - 1 : n / NR;
-    std::ptrdiff_t j = 0;
-    for (; j < full * NR; j += NR)
-      fp::rows_block<T, NR>(c + i + j * ldc, ldc, l + i, ldl, from_column(j), k, rows);
-    while (j < n) {  // the rest: under NR columns, or NR + tail in two parts under NR
-      const std::ptrdiff_t left = n - j, width = left > NR ? (left + 1) / 2 : left;
-      fp::column_tail<T, NR - 1>(static_cast<int>(width), c + i + j * ldc, ldc, l + i, ldl,
-                                 from_column(j), k, rows);
-      j += width;
-    }
-  }
+  if (r.index)
+    factor_product_impl::product<T, true>(c, ldc, l, ldl, r, m, n, k);
+  else
+    factor_product_impl::product<T, false>(c, ldc, l, ldl, r, m, n, k);
 }
 
 }  // namespace q2n::detail
