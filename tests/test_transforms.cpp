@@ -279,6 +279,41 @@ TEST_CASE_TEMPLATE("KroneckerTransform::apply at n = 256 is the dense product", 
   }
 }
 
+TEST_CASE_TEMPLATE("KroneckerTransform::apply on columns longer than the L1 cache", T,
+                   Q2N_TEST_SCALARS) {
+  // n = 4200 = 140 · 30: a column of 16.8 KB (float) or 33.6 KB (double), past the size up to
+  // which apply gathers the permuted column inside the first product, so it is permuted into a
+  // buffer first. Against the definition evaluated in double column by column (y = P_out
+  // (A ⊗ B) P_in x: x permuted, viewed as p × q row-major Y, A Y Bᵀ, permuted), and back by the
+  // transpose. Each entry passes through two products of depth 140 and 30 of O(1) terms, as in
+  // the tests above: within tol_rt.
+  using K = q2n::KroneckerTransform<T>;
+  const Eigen::Index n = 4200, p = 140, q = 30;
+  const auto t = K::random(n, 31);
+  REQUIRE(t.left().rows() == p);
+  REQUIRE(t.right().rows() == q);
+  const Eigen::MatrixXd A = t.left().template cast<double>(), B = t.right().template cast<double>();
+  const Mat<T> X = q2n_test::gaussian<T>(n, 5, 32);
+  Mat<T> Y = X;
+  t.apply(Y, false);
+  const double tol = tol_rt<T>();
+  double worst = 0;
+  for (Eigen::Index c = 0; c < X.cols(); ++c) {
+    Eigen::MatrixXd Z(p, q);  // row-major view of P_in x
+    for (Eigen::Index k = 0; k < n; ++k)
+      Z(k / q, k % q) = double(X(t.perm_in()[std::size_t(k)], c));
+    const Eigen::MatrixXd out = A * Z * B.transpose();
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const Eigen::Index r = t.perm_out()[std::size_t(i)];
+      worst = std::max(worst, std::abs(double(Y(i, c)) - out(r / q, r % q)));
+    }
+  }
+  CAPTURE(worst);
+  CHECK(worst <= tol);
+  t.apply(Y, true);
+  CHECK((Y - X).cwiseAbs().maxCoeff() <= tol);
+}
+
 TEST_CASE_TEMPLATE("KroneckerTransform::complete_conjugation is T S Tᵀ, exactly symmetric", T,
                    Q2N_TEST_SCALARS) {
   // n = 600 = 20 · 30 in blocks of 256 rows: the first block needs 9 of the 20 column blocks,
@@ -321,6 +356,16 @@ TEST_CASE_TEMPLATE("apply_right is the product from the right, on any rows and a
       std::make_shared<q2n::HadamardTransform<T>>(q2n::HadamardTransform<T>::randomized(96, 5)),
       std::make_shared<q2n::HadamardTransform<T>>(q2n::HadamardTransform<T>::randomized(64, 6)),
       std::make_shared<q2n::KroneckerTransform<T>>(q2n::KroneckerTransform<T>::random(60, 7)),
+      // Without one of the permutations, A's products are written straight into M in one
+      // direction (no output permutation after them).
+      std::make_shared<q2n::KroneckerTransform<T>>(
+          q2n::KroneckerTransform<T>::random(60, 7).left(),
+          q2n::KroneckerTransform<T>::random(60, 7).right(),
+          q2n::KroneckerTransform<T>::random(60, 7).perm_in()),
+      std::make_shared<q2n::KroneckerTransform<T>>(
+          q2n::KroneckerTransform<T>::random(60, 7).left(),
+          q2n::KroneckerTransform<T>::random(60, 7).right(), std::vector<int>{},
+          q2n::KroneckerTransform<T>::random(60, 7).perm_out()),
       std::make_shared<q2n::DenseTransform<T>>(q2n::KroneckerTransform<T>::random(12, 8).dense())};
   for (const auto& t : ts) {
     const Eigen::Index n = t->size();

@@ -104,29 +104,28 @@ inline Eigen::Index row_block_height(Eigen::Index n) {
 }
 
 /// f(r0, nb, Y, Z) for each block of rb rows of a matrix with `rows` rows (the last block first
-/// if last_first), Y and Z nb × cols buffers of the thread that takes the block, reused for all
-/// its blocks (Z empty unless two_buffers: an unused 4 MiB allocation per thread and call cost
-/// 1 ms of 7 in a Hadamard product on 4096²): the row-wise action of a transform, a block
-/// copied into Y and worked on in the cache. Blocks are fixed by the shape and taken by whichever
-/// thread is free; a team is opened even for one block, so Eigen multiplies serially inside it, as
-/// on every block: the result does not depend on the thread count.
+/// if last_first), Y (nb × ycols) and Z (nb × zcols) buffers of the thread that takes the block,
+/// reused for all its blocks (no larger than needed: an unused 4 MiB allocation per thread and
+/// call cost 1 ms of 7 in a Hadamard product on 4096²): the row-wise action of a transform, a
+/// block worked on in the cache. Blocks are fixed by the shape and taken by whichever thread is
+/// free; a team is opened even for one block, so Eigen multiplies serially inside it, as on
+/// every block: the result does not depend on the thread count.
 template <class Scalar, class F>
-void for_each_row_block(Eigen::Index rows, Eigen::Index cols, Eigen::Index rb, bool last_first,
-                        bool two_buffers, F&& f) {
+void for_each_row_block(Eigen::Index rows, Eigen::Index rb, bool last_first, Eigen::Index ycols,
+                        Eigen::Index zcols, F&& f) {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   const Eigen::Index blocks = (rows + rb - 1) / rb;
 #if defined(_OPENMP)
 #pragma omp parallel if (!omp_in_parallel())
 #endif
   {
-    const Eigen::Index zcols = two_buffers ? cols : 0;
-    Matrix ystore(std::min(rb, rows), cols), zstore(std::min(rb, rows), zcols);
+    Matrix ystore(std::min(rb, rows), ycols), zstore(std::min(rb, rows), zcols);
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (Eigen::Index k = 0; k < blocks; ++k) {
       const Eigen::Index r0 = (last_first ? blocks - 1 - k : k) * rb, nb = std::min(rb, rows - r0);
-      Eigen::Map<Matrix> Y(ystore.data(), nb, cols), Z(zstore.data(), nb, zcols);
+      Eigen::Map<Matrix> Y(ystore.data(), nb, ycols), Z(zstore.data(), nb, zcols);
       f(r0, nb, Y, Z);
     }
   }
@@ -367,7 +366,7 @@ class HadamardTransform final : public OrthogonalTransform<Scalar> {
                 : std::clamp<Eigen::Index>(((Eigen::Index{1} << 17) / n_) / 8 * 8, 64, 256);
     // The block in buf, H_K's product in tmp (K > 1): buffers per thread, allocated once.
     detail::for_each_row_block<Scalar>(
-        rows, n_, rb, /*last_first=*/false, /*two_buffers=*/K_ > 1,
+        rows, rb, /*last_first=*/false, n_, K_ > 1 ? n_ : 0,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& buf, Eigen::Map<Matrix>& tmp) {
           buf = M.middleRows(r0, nb);
           if (rows_get_t) sign_columns(buf);
@@ -446,6 +445,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     check_perm(in_, "perm_in");
     check_perm(out_, "perm_out");
     in_inv_ = inverse(in_);
+    out_inv_ = inverse(out_);
   }
 
   /// The split n = p·q QuIP uses: n's prime factors ascending with multiplicity, p the
@@ -482,14 +482,20 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   void apply(Eigen::Ref<Matrix> X, bool transpose) const override {
     detail::check_transform_rows(*this, X.rows(), "q2n::KroneckerTransform::apply");
     // Column x as p × q row-major Y is, in memory, the q × p column-major C = Yᵀ, and
-    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ (Tᵀ x: Bᵀ C A): each column is permuted into a buffer
-    // that then holds its C, C goes through the two products in the cache, and the result is
-    // permuted back. Every entry of a product is computed the same way wherever it sits
-    // (detail::factor_product) and the columns are shared among the threads, so a column's
-    // result depends on that column alone: not on the other columns or the thread count.
+    // (A ⊗ B) x is A Y Bᵀ = (B C Aᵀ)ᵀ (Tᵀ x: Bᵀ C A): C is read through the input permutation
+    // (below), both products run in the cache, and the result is permuted back. Every entry of
+    // a product is computed the same way wherever it sits (detail::factor_product) and the
+    // columns are shared among the threads, so a column's result depends on that column alone:
+    // not on the other columns or the thread count.
     const Eigen::Index p = a_.rows(), q = b_.rows(), cols = X.cols();
-    // Entry j of a column goes to entry to_buffer[j] of its buffer (P_in x, or P_outᵀ x), and
-    // entry i of the result comes from entry from_buffer[i] (P_out y, or P_inᵀ y).
+    // Entry t of C is entry gather[t] of the column (P_in x, or P_outᵀ x), and entry i of the
+    // result comes from entry from_buffer[i] of the last product (P_out y, or P_inᵀ y).
+    // C's entries are gathered inside the product when the column fits in the L1 cache with
+    // room to spare (U W on 4096², 2048 columns per thread in the cache: 11.2 -> 9.3 ms against
+    // permuting the column into a buffer first); a longer column is permuted into the buffer
+    // first, in its own order (at n = 14336 gathering from the L2 cache is 15 % slower).
+    const bool gathered = !(transpose ? out_inv_ : in_).empty() && n_ * sizeof(Scalar) <= 16384;
+    const std::vector<int>& gather = transpose ? out_inv_ : in_;
     const std::vector<int>& to_buffer = transpose ? out_ : in_inv_;
     const std::vector<int>& from_buffer = transpose ? in_inv_ : out_;
     const Scalar* b_side = (transpose ? bt_ : b_).data();
@@ -505,8 +511,10 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
 #endif
       for (Eigen::Index k = 0; k < cols; ++k) {
         Scalar* x = X.col(k).data();
-        in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) { c[to] = x[j]; });
-        detail::factor_product(z, q, b_side, q, {c, 1, q}, q, p, q);  // B C (Bᵀ C)
+        if (!gathered) in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) { c[to] = x[j]; });
+        const detail::FactorOperand<Scalar> cv{gathered ? x : c, 1, q,
+                                               gathered ? gather.data() : nullptr};
+        detail::factor_product(z, q, b_side, q, cv, q, p, q);  // B C (Bᵀ C)
         // Then Aᵀ (A): straight into the column when no permutation follows.
         detail::factor_product(from_buffer.empty() ? x : c, q, z, q, a_side, q, p, p);
         if (!from_buffer.empty())
@@ -519,27 +527,41 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     detail::check_transform_cols(*this, M.cols(), "q2n::KroneckerTransform::apply_right");
     // Row r becomes r T = (Tᵀ rᵀ)ᵀ, or r Tᵀ = (T rᵀ)ᵀ. A block of rows is copied, its columns
     // permuted, into a buffer Y, where column a·q + b holds entry (a, b) of every row's p × q
-    // view: B acts on each of the p column blocks of width q (a product per block), into Z with
-    // entry (a, b) in column b·p + a, and A on each of Z's q column blocks of width p, back into
-    // Y, which is then copied back, permuted (blocks and buffers: detail::for_each_row_block;
-    // the layouts: b_products). As in apply, a row's result depends on that row alone.
+    // view (M's columns read in order: runs in a random order defeat the prefetcher). B acts on
+    // each of the p column blocks of width q, into Z with entry (a, b) in column b·p + a, and A
+    // on each of Z's q column blocks of width p: Z is by b so that the columns A combines are nb
+    // entries apart (by a they would be q·nb apart, a multiple of the span of the L1 cache's
+    // sets, and evict one another: A's products 5.8-6.3 -> 4.9-5.5 ms per thread at 4096²,
+    // float, two threads). A's products go straight into M when no permutation follows (its q
+    // column blocks are M's columns b, b + q, …), else through the start of Y into M's permuted
+    // columns (blocks and buffers: detail::for_each_row_block). As in apply, a row's result
+    // depends on that row alone.
     const bool rows_get_t = transpose;
-    const Eigen::Index p = a_.rows(), rows = M.rows();
-    // Column j of M goes to column to_buffer[j] of Y, column i of the result comes from
-    // column from_buffer[i] (as in apply, with the roles of T and Tᵀ exchanged).
+    const Eigen::Index p = a_.rows(), q = b_.rows(), rows = M.rows(), ld = M.outerStride();
+    // Column j of M goes to column to_buffer[j] of Y; column t of the result goes to M's column
+    // dest[t] (as in apply, with the roles of T and Tᵀ exchanged).
     const std::vector<int>& to_buffer = rows_get_t ? in_inv_ : out_;
-    const std::vector<int>& from_buffer = rows_get_t ? out_ : in_inv_;
+    const std::vector<int>& dest = rows_get_t ? out_inv_ : in_;
     detail::for_each_row_block<Scalar>(
-        rows, n_, block_height(), /*last_first=*/false, /*two_buffers=*/true,
+        rows, block_height(), /*last_first=*/false, n_, n_,
         [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
+          Scalar* m = M.data() + r0;
           in_order(to_buffer, [&](Eigen::Index j, Eigen::Index to) {
-            Y.col(to) = M.middleRows(r0, nb).col(j);
+            std::copy(m + j * ld, m + j * ld + nb, Y.col(to).data());
           });
-          b_products(Y.data(), Z.data(), nb, p, rows_get_t, /*by_b=*/true);
-          a_products(Z.data(), Y.data(), nb, p, rows_get_t);
-          in_order(from_buffer, [&](Eigen::Index i, Eigen::Index from) {
-            M.middleRows(r0, nb).col(i) = Y.col(from);
-          });
+          for (Eigen::Index a = 0; a < p; ++a)
+            detail::factor_product(Z.data() + a * nb, p * nb, Y.col(a * q).data(), nb,
+                                   operand(b_, rows_get_t), nb, q, q);
+          for (Eigen::Index b = 0; b < q; ++b) {
+            const Scalar* zb = Z.col(b * p).data();
+            if (dest.empty()) {
+              detail::factor_product(m + b * ld, q * ld, zb, nb, operand(a_, rows_get_t), nb, p, p);
+              continue;
+            }
+            detail::factor_product(Y.data(), nb, zb, nb, operand(a_, rows_get_t), nb, p, p);
+            for (Eigen::Index a = 0; a < p; ++a)
+              std::copy(Y.col(a).data(), Y.col(a).data() + nb, m + at(dest, a * q + b) * ld);
+          }
         });
   }
 
@@ -560,19 +582,29 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
       return;
     }
     const Eigen::Index p = a_.rows(), q = b_.rows();
-    // Row r becomes (A ⊗ B) P_in r in the buffers of apply_right, A first, since its outputs
-    // are the column blocks the restriction cuts (so the block is loaded in the layout by b);
-    // the heaviest blocks (the last) first.
+    // Row r becomes (A ⊗ B) P_in r as in apply_right, A first, since its outputs are the column
+    // blocks the restriction cuts: the p columns of each b copied into a small buffer S just
+    // before A's product (the first na outputs) into Z (by a), then B on the q columns of each
+    // a < na of Z, written straight into G; the heaviest blocks (the last) first. (Against
+    // copying the whole block into a buffer in G's column order and back: float, two threads,
+    // 4096² 13.0 -> 11.1 ms, 14336² 0.25 -> 0.23 s.)
+    const Eigen::Index ld = G.outerStride();
     detail::for_each_row_block<Scalar>(
-        n_, n_, block_height(), /*last_first=*/true, /*two_buffers=*/true,
-        [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& Y, Eigen::Map<Matrix>& Z) {
+        n_, block_height(), /*last_first=*/true, p, n_,
+        [&](Eigen::Index r0, Eigen::Index nb, Eigen::Map<Matrix>& S, Eigen::Map<Matrix>& Z) {
           const Eigen::Index na = (r0 + nb - 1) / q + 1;  // column blocks up to the last row
-          in_order(in_inv_, [&](Eigen::Index j, Eigen::Index to) {  // entry (a, b) to b·p + a
-            Y.col(to % q * p + to / q) = G.middleRows(r0, nb).col(j);
-          });
-          a_products(Y.data(), Z.data(), nb, na, true);
-          b_products(Z.data(), Y.data(), nb, na, true, /*by_b=*/false);
-          G.block(r0, 0, nb, na * q) = Y.leftCols(na * q);
+          Scalar* g = G.data() + r0;
+          for (Eigen::Index b = 0; b < q; ++b) {
+            for (Eigen::Index a = 0; a < p; ++a) {
+              const Scalar* from = g + at(in_, a * q + b) * ld;
+              std::copy(from, from + nb, S.col(a).data());
+            }
+            detail::factor_product(Z.data() + b * nb, q * nb, S.data(), nb, operand(a_, true), nb,
+                                   na, p);
+          }
+          for (Eigen::Index a = 0; a < na; ++a)
+            detail::factor_product(g + a * q * ld, ld, Z.data() + a * q * nb, nb, operand(b_, true),
+                                   nb, q, q);
         });
     detail::copy_lower_to_upper(G);
   }
@@ -619,29 +651,9 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     }
     if (!ok) detail::fail("q2n::KroneckerTransform: ", name, " is not a permutation of 0..", n_ - 1);
   }
-  // The products of a block of nb rows, in two layouts of the buffer's columns, which hold the
-  // p·q entries of every row's p × q view: by a (column a·q + b holds entry (a, b)), where B
-  // acts on column blocks, and by b (column b·p + a), where A does. A reads the layout by b, so
-  // that its operand's columns are nb entries apart: in the layout by a they would be q·nb
-  // apart, a multiple of the span of the L1 cache's sets, and evict one another (apply_right on
-  // 4096², float, two threads: the A products 0.0058-0.0063 s per thread from the layout by a,
-  // 0.0049-0.0055 from the layout by b).
-  // B (Bᵀ if transposed) on the first `blocks` blocks a of a buffer by a, into a buffer by b
-  // (by_b) or by a; A (Aᵀ) on the p columns of each b of a buffer by b, only the first
-  // `outputs` of them written, into a buffer by a; from → to.
-  void b_products(const Scalar* from, Scalar* to, Eigen::Index nb, Eigen::Index blocks,
-                  bool transposed, bool by_b) const {
-    const Eigen::Index p = a_.rows(), q = b_.rows();
-    for (Eigen::Index a = 0; a < blocks; ++a)
-      detail::factor_product(to + (by_b ? a : a * q) * nb, by_b ? p * nb : nb, from + a * q * nb,
-                             nb, operand(b_, transposed), nb, q, q);
-  }
-  void a_products(const Scalar* from, Scalar* to, Eigen::Index nb, Eigen::Index outputs,
-                  bool transposed) const {
-    const Eigen::Index p = a_.rows(), q = b_.rows();
-    for (Eigen::Index b = 0; b < q; ++b)
-      detail::factor_product(to + b * nb, q * nb, from + b * p * nb, nb, operand(a_, transposed),
-                             nb, outputs, p);
+  // map[t], or t for an empty map (the identity).
+  static Eigen::Index at(const std::vector<int>& map, Eigen::Index t) {
+    return map.empty() ? t : map[static_cast<std::size_t>(t)];
   }
   // Rows per block of apply_right and complete_conjugation: detail::row_block_height, at most
   // 128 (apply_right on 4096 rows, float, two threads: n = 2048 0.013 s with 256-row blocks,
@@ -656,7 +668,7 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
     return {f.data(), 1, f.rows()};
   }
   Matrix a_, b_, bt_;                   // bt_ = b_ᵀ, the left operand of Bᵀ's products
-  std::vector<int> in_, out_, in_inv_;  // in_inv_: in_'s inverse, for copies in order
+  std::vector<int> in_, out_, in_inv_, out_inv_;  // the inverses: for copies in order, gathers
   Eigen::Index n_ = 0;
 };
 
