@@ -121,6 +121,23 @@ TEST_CASE("symmetrize_in_place averages A and Aᵀ exactly, on any block boundar
   }
 }
 
+TEST_CASE_TEMPLATE("copy_lower_to_upper copies the lower triangle onto the upper one", T,
+                   Q2N_TEST_SCALARS) {
+  // Exact copies: every entry above the diagonal equals its mirror below, the rest is kept.
+  // The sizes cover partial blocks, one whole 64-entry block of 8 x 8 tiles, one past it and
+  // several.
+  for (Eigen::Index n : {1, 5, 64, 65, 200, 259}) {
+    CAPTURE(n);
+    const Mat<T> a0 = q2n_test::gaussian<T>(n, n, 9);
+    Mat<T> a = a0;
+    q2n::detail::copy_lower_to_upper(a);
+    Eigen::Index wrong = 0;
+    for (Eigen::Index j = 0; j < n; ++j)
+      for (Eigen::Index i = 0; i < n; ++i) wrong += a(i, j) != (i < j ? a0(j, i) : a0(i, j));
+    CHECK(wrong == 0);
+  }
+}
+
 TEST_CASE("Paley constructions give Hadamard matrices of every order the LLM widths need") {
   for (long long K : {1, 2, 12, 20, 28, 36, 44, 60, 108, 140}) {
     CAPTURE(K);
