@@ -621,10 +621,11 @@ class KroneckerTransform final : public OrthogonalTransform<Scalar> {
   // between a matrix in memory and a buffer walk the matrix's side in order with k, the map
   // giving the buffer's index: the items are short runs (a column of a 64-row block at
   // n = 14336, an entry of a column), and runs in a random order defeat the prefetcher.
-  // (complete_conjugation on 14336², float: loading the row blocks took 0.080-0.089 s per
-  // thread in the permutation's order, 0.063-0.070 s in the matrix's, 0.051-0.054 s as an
-  // unpermuted copy; the whole call 0.37 -> 0.32 s. apply on 4096²: loading 0.0080 -> 0.0056 s,
-  // storing 0.0032 -> 0.0028 s, of 0.025 s.)
+  // (complete_conjugation on 14336², float, when it copied whole row blocks: loading them took
+  // 0.080-0.089 s per thread in the permutation's order, 0.063-0.070 s in the matrix's; it now
+  // loads a few columns at a time in the permutation's order, which costs less than the whole
+  // block's copy did. apply on 4096²: loading 0.0080 -> 0.0056 s, storing 0.0032 -> 0.0028 s,
+  // of 0.025 s.)
   template <class F>
   void in_order(const std::vector<int>& map, F&& f) const {
     if (map.empty())

@@ -79,7 +79,7 @@ void symmetrize_in_place(Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& A) {
 
 /// A's lower triangle copied onto its upper one. Blocks of 64 × 64 off the diagonal go in tiles
 /// of 8 × 8, each read by its columns into a small array and written out by its rows, which the
-/// compiler turns into register transposes (4096², float, two threads: 2.7 -> 2.0 ms against
+/// compiler turns into register transposes (4096², float, two threads: 2.6 -> 2.1 ms against
 /// mirror_in_place's buffer; with SSE2 only, 2.4 ms); the diagonal blocks and the edges entry by
 /// entry.
 template <class T>
