@@ -59,9 +59,11 @@ TEST_CASE_TEMPLATE("factor_product is exact on small integers, for every tail an
   // Entries are integers in [-8, 8] and k ≤ 64, so every product and partial sum is an integer
   // below 2^13 in magnitude: exact in float and double, and the result must equal the integer
   // product exactly. The shapes cover rows in one, two and more batches with every kind of
-  // tail (1 to 2W + 1 rows for W up to 16), columns below, at and above the register block
-  // (6 or 12), with short tails that are merged with the last block and split (13, 16, 25,
-  // 64 against 12; 7, 16, 25 against 6), and depths 1 to 64.
+  // tail (1 to 2W + 1 rows for W up to 16), and, built for AVX-512 (q2n_tests_native), tall
+  // panels of four batches followed by shorter ones (70 rows in float, 33 to 70 in double);
+  // columns below, at and above the register block (6 or 12), with short tails that are
+  // merged with the last block and split (13, 16, 25, 64 against 12; 7, 16, 25 against 6),
+  // and depths 1 to 64.
   std::mt19937 gen(5);
   std::uniform_int_distribution<int> u(-8, 8);
   for (const Index m : {1, 3, 5, 8, 15, 16, 17, 31, 32, 33, 48, 70})

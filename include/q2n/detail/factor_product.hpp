@@ -9,11 +9,15 @@
 /// operands: not on the blocking, not on the product being part of a larger one, not on the
 /// thread count.
 ///
-/// The register block is two batches of rows by NR columns of C, held in registers over the
-/// whole k loop (NR = 12 with AVX-512's 32 vector registers, 6 with 16). With the operands in
-/// the L1 cache this runs near the machine's FMA peak (bench_scale's BM_FactorProduct, a 64 x 64
-/// factor on 64 x 516 blocks, float, AVX-512, two threads: 479-483 GFLOP/s against 344-349 for
-/// Eigen's product and 550-560 for FMAs alone, BM_FmaPeak).
+/// The register block is a few batches of rows by a few columns of C, held in registers over
+/// the whole k loop: with AVX-512's 32 vector registers four batches by 6 columns wherever four
+/// batches of rows are left, else two by 12; with 16 registers two by 6. Four batches load R's
+/// entries half as often as two, which matters most where each load is two (R gathered through
+/// an index) and where L's rows come from beyond the L1 cache (QuIP's change of basis at 4096²,
+/// float, two threads, warm: 49-53 -> 46-48 ms). With the operands in the L1 cache this runs
+/// near the machine's FMA peak (bench_scale's BM_FactorProduct, a 64 x 64 factor on 64 x 516
+/// blocks, float, AVX-512, two threads: 468 GFLOP/s against 333 for Eigen's product and 526 for
+/// FMAs alone, BM_FmaPeak, in one run; two batches by 12 gave 479-483 against 550-560).
 
 #include <algorithm>
 #include <cstddef>
@@ -36,9 +40,13 @@ template <class T>
 using Batch = xsimd::batch<T>;
 
 #if defined(__AVX512F__)
-inline constexpr int kColumns = 12;
+inline constexpr int kColumns = 12;  // with two batches of rows
+inline constexpr int kTallRows = 4;  // batches of rows in the tall block, with kTallColumns
+inline constexpr int kTallColumns = 6;
 #else
 inline constexpr int kColumns = 6;
+inline constexpr int kTallRows = 0;  // no tall block
+inline constexpr int kTallColumns = 0;
 #endif
 
 template <class T, bool Indexed>
@@ -88,32 +96,50 @@ inline void block(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>
   }
 }
 
-// Columns [j, j + NR) of C, for the rows [i0, i0 + rows), rows ≤ 2W.
-template <class T, int NR, bool Indexed>
+// NR columns of C for a panel of rows: R = kTallRows batches of them, or (R = 2) at most two.
+template <class T, int R, int NR, bool Indexed>
 void rows_block(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, Index k,
                 Index rows) {
   constexpr Index W = Batch<T>::size;
-  if (rows == 2 * W)
-    block<T, 2, NR, Indexed>(c, ldc, l, ldl, r, k, rows);
+  if (rows == R * W)
+    block<T, R, NR, Indexed>(c, ldc, l, ldl, r, k, rows);
   else
     for (Index i = 0; i < rows; i += W)
       block<T, 1, NR, Indexed>(c + i, ldc, l + i, ldl, r, k, std::min(W, rows - i));
 }
 
-template <class T, int NR, bool Indexed>
+template <class T, int R, int NR, bool Indexed>
 void column_tail(int n, T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, Index k,
                  Index rows) {
   if constexpr (NR > 0) {
-    if (n == NR) return rows_block<T, NR, Indexed>(c, ldc, l, ldl, r, k, rows);
-    column_tail<T, NR - 1, Indexed>(n, c, ldc, l, ldl, r, k, rows);
+    if (n == NR) return rows_block<T, R, NR, Indexed>(c, ldc, l, ldl, r, k, rows);
+    column_tail<T, R, NR - 1, Indexed>(n, c, ldc, l, ldl, r, k, rows);
+  }
+}
+
+// All of C's columns for the panel of rows from L's pointer l on: full blocks of NR columns; a
+// short tail (at most NR / 2 columns) is merged with the last full block and split into two
+// halves, since narrow blocks leave the FMA units idle.
+template <class T, int R, int NR, bool Indexed, class FromColumn>
+void panel(T* c, Index ldc, const T* l, Index ldl, const FromColumn& from_column, Index n, Index k,
+           Index rows) {
+  const Index tail = n % NR;
+  const Index full = (tail > 0 && tail <= NR / 2 && n > NR) ? n / NR - 1 : n / NR;
+  Index j = 0;
+  for (; j < full * NR; j += NR)
+    rows_block<T, R, NR, Indexed>(c + j * ldc, ldc, l, ldl, from_column(j), k, rows);
+  while (j < n) {  // the rest: under NR columns, or NR + tail in two parts under NR
+    const Index left = n - j, width = left > NR ? (left + 1) / 2 : left;
+    column_tail<T, R, NR - 1, Indexed>(static_cast<int>(width), c + j * ldc, ldc, l, ldl,
+                                       from_column(j), k, rows);
+    j += width;
   }
 }
 
 template <class T, bool Indexed>
 void product(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, Index m, Index n,
              Index k) {
-  constexpr int NR = kColumns;
-  constexpr Index MR = 2 * Batch<T>::size;
+  constexpr Index W = Batch<T>::size;
   // R from its column j on.
   const auto from_column = [&](Index j) {
     if constexpr (Indexed)
@@ -121,23 +147,16 @@ void product(T* c, Index ldc, const T* l, Index ldl, const FactorOperand<T>& r, 
     else
       return FactorOperand<T>{r.data + j * r.col_stride, r.row_stride, r.col_stride};
   };
-  // Rows outermost: a panel of L's rows stays in the L1 cache for all of C's columns.
-  for (Index i = 0; i < m; i += MR) {
-    const Index rows = std::min(MR, m - i);
-    // Full blocks of NR columns; a short tail (at most NR / 2 columns) is merged with the last
-    // full block and split into two halves, since narrow blocks leave the FMA units idle.
-    const Index tail = n % NR;
-    const Index full = (tail > 0 && tail <= NR / 2 && n > NR) ? n / NR - 1 : n / NR;
-    Index j = 0;
-    for (; j < full * NR; j += NR)
-      rows_block<T, NR, Indexed>(c + i + j * ldc, ldc, l + i, ldl, from_column(j), k, rows);
-    while (j < n) {  // the rest: under NR columns, or NR + tail in two parts under NR
-      const Index left = n - j, width = left > NR ? (left + 1) / 2 : left;
-      column_tail<T, NR - 1, Indexed>(static_cast<int>(width), c + i + j * ldc, ldc, l + i, ldl,
-                                      from_column(j), k, rows);
-      j += width;
-    }
-  }
+  // Rows outermost: a panel of L's rows stays in the L1 cache for all of C's columns. Tall
+  // panels while kTallRows batches of rows are left, then panels of two batches.
+  Index i = 0;
+  if constexpr (kTallRows > 0)
+    for (; i + kTallRows * W <= m; i += kTallRows * W)
+      panel<T, kTallRows, kTallColumns, Indexed>(c + i, ldc, l + i, ldl, from_column, n, k,
+                                                 kTallRows * W);
+  for (; i < m; i += 2 * W)
+    panel<T, 2, kColumns, Indexed>(c + i, ldc, l + i, ldl, from_column, n, k,
+                                   std::min(2 * W, m - i));
 }
 
 }  // namespace factor_product_impl
