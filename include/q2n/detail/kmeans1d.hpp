@@ -80,12 +80,15 @@ class SortedPoints {
     const std::vector<std::uint32_t> order = ascending_order(x, static_cast<std::size_t>(n));
     cw_.assign(static_cast<std::size_t>(n) + 1, 0.0);
     cwx_.assign(static_cast<std::size_t>(n) + 1, 0.0);
-    double mean = 0;
+    // The running sums in registers: read back from the arrays, each step waited for the
+    // previous store (LeanQuant's grid fitting, 4096 rows of 4096, two threads: 0.113-0.120 ->
+    // 0.093-0.097 s).
+    double mean = 0, sw = 0, swx = 0;
     for (std::size_t j = 0; j < order.size(); ++j) {
       const double v = static_cast<double>(x[order[j]]), wj = w[order[j]];
       x_[j] = v;
-      cw_[j + 1] = cw_[j] + wj;
-      cwx_[j + 1] = cwx_[j] + wj * v;
+      cw_[j + 1] = sw += wj;
+      cwx_[j + 1] = swx += wj * v;
       mean += v;
     }
     mean /= static_cast<double>(n);

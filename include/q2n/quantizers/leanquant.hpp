@@ -82,20 +82,24 @@ void fit_codebook(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& w
   const int K = 1 << o.bits;
   values.resize(rows, K);
   // Rows by blocks of 16, copied out a column at a time: a row of the column-major wp read
-  // alone would cost a cache line per value.
+  // alone would cost a cache line per value. The copies' rows are 16 entries more than a row
+  // apart: at a power-of-two distance, as with 4096 columns, the 16 stores of each column
+  // would all fall in one set of the L1 cache. Blocks go to whichever thread is free, since
+  // the rows' k-means take unequal times. (Both: 4096², two threads, 0.093-0.097 ->
+  // 0.086-0.093 s.)
   constexpr Index kBlock = 16;
-  const Index blocks = (rows + kBlock - 1) / kBlock;
+  const Index blocks = (rows + kBlock - 1) / kBlock, stride = cols + 16;
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic)
 #endif
   for (Index b = 0; b < blocks; ++b) {
     const Index r0 = b * kBlock, height = std::min(kBlock, rows - r0);
-    std::vector<Scalar> block(static_cast<std::size_t>(height * cols));  // row i at i · cols
+    std::vector<Scalar> block(static_cast<std::size_t>(height * stride));  // row i at i · stride
     for (Index j = 0; j < cols; ++j)
       for (Index i = 0; i < height; ++i)
-        block[static_cast<std::size_t>(i * cols + j)] = wp(r0 + i, j);
+        block[static_cast<std::size_t>(i * stride + j)] = wp(r0 + i, j);
     for (Index i = 0; i < height; ++i) {
-      const SortedPoints pts(block.data() + i * cols, omega.data(), cols);
+      const SortedPoints pts(block.data() + i * stride, omega.data(), cols);
       const KMeans1d km = kmeans1d(pts, K, o.max_iter, o.tol);
       for (int k = 0; k < K; ++k)
         values(r0 + i, k) = static_cast<Scalar>(km.centroids[static_cast<std::size_t>(k)]);
