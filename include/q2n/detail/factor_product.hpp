@@ -14,10 +14,11 @@
 /// batches of rows are left, else two by 12; with 16 registers two by 6. Four batches load R's
 /// entries half as often as two, which matters most where each load is two (R gathered through
 /// an index) and where L's rows come from beyond the L1 cache (QuIP's change of basis at 4096²,
-/// float, two threads, warm: 49-53 -> 46-48 ms). With the operands in the L1 cache this runs
+/// float, two threads, warm: 49-54 -> 46-49 ms). With the operands in the L1 cache this runs
 /// near the machine's FMA peak (bench_scale's BM_FactorProduct, a 64 x 64 factor on 64 x 516
-/// blocks, float, AVX-512, two threads: 468 GFLOP/s against 333 for Eigen's product and 526 for
-/// FMAs alone, BM_FmaPeak, in one run; two batches by 12 gave 479-483 against 550-560).
+/// blocks, float, AVX-512, two threads, five runs: 468-509 GFLOP/s against 333-351 for Eigen's
+/// product and 520-553 for FMAs alone, BM_FmaPeak, 89-92 % of it; two batches by 12 reached
+/// 86-88 %).
 
 #include <algorithm>
 #include <cstddef>
