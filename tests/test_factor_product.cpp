@@ -34,6 +34,15 @@ struct FactorCase {
   }
   T& l_at(Index i, Index kk) { return l[std::size_t(i + ldl() * kk)]; }
   T& c_at(Index i, Index j) { return c[std::size_t(i + ldc() * j)]; }
+  // Whether `part` (rows × cols, column stride rows) equals C's entries from (i0, j0) on, bit
+  // for bit.
+  bool same_as_part(const std::vector<T>& part, Index rows, Index cols, Index i0, Index j0) {
+    bool same = true;
+    for (Index j = 0; j < cols; ++j)
+      for (Index i = 0; i < rows; ++i)
+        same = same && part[std::size_t(i + rows * j)] == c_at(i0 + i, j0 + j);
+    return same;
+  }
   void run() {
     q2n::detail::factor_product(c.data(), ldc(), l.data(), ldl(), r_operand(), m, n, k);
   }
@@ -110,13 +119,9 @@ TEST_CASE_TEMPLATE("factor_product gives an entry the same bits wherever it sits
         q2n::detail::factor_product(c.data(), mm, whole.l.data() + i0, whole.ldl(),
                                     {r.data + j0 * r.col_stride, r.row_stride, r.col_stride}, mm,
                                     nn, k);
-        bool same = true;
-        for (Index j = 0; j < nn; ++j)
-          for (Index i = 0; i < mm; ++i)
-            same = same && c[std::size_t(i + mm * j)] == whole.c_at(i0 + i, j0 + j);
         CAPTURE(i0);
         CAPTURE(j0);
-        CHECK(same);
+        CHECK(whole.same_as_part(c, mm, nn, i0, j0));
       }
   }
 }
@@ -144,12 +149,9 @@ TEST_CASE_TEMPLATE("factor_product reads R through an index as it reads R in pla
                                                    index.data() + j0 * r.col_stride};
       std::vector<T> c(std::size_t(m * (n - j0)));
       q2n::detail::factor_product(c.data(), m, f.l.data(), f.ldl(), gathered, m, n - j0, k);
-      bool same = true;
-      for (Index j = 0; j < n - j0; ++j)
-        for (Index i = 0; i < m; ++i) same = same && c[std::size_t(i + m * j)] == f.c_at(i, j0 + j);
       CAPTURE(by_rows);
       CAPTURE(j0);
-      CHECK(same);
+      CHECK(f.same_as_part(c, m, n - j0, 0, j0));
     }
   }
 }

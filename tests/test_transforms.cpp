@@ -369,20 +369,16 @@ TEST_CASE_TEMPLATE("apply_right is the product from the right, on any rows and a
   // DenseTransform goes through the default (transposed copies). 300 rows cut into several row
   // blocks with a short last one; the block of a taller matrix has an outer stride. O(1) data:
   // each result entry takes O(log n + K) or O(p + q) roundings of O(1) values, within tol_rt.
+  const auto k60 = q2n::KroneckerTransform<T>::random(60, 7);
   std::vector<std::shared_ptr<const q2n::OrthogonalTransform<T>>> ts = {
       std::make_shared<q2n::HadamardTransform<T>>(q2n::HadamardTransform<T>::randomized(96, 5)),
       std::make_shared<q2n::HadamardTransform<T>>(q2n::HadamardTransform<T>::randomized(64, 6)),
-      std::make_shared<q2n::KroneckerTransform<T>>(q2n::KroneckerTransform<T>::random(60, 7)),
+      std::make_shared<q2n::KroneckerTransform<T>>(k60),
       // Without one of the permutations, A's products are written straight into M in one
       // direction (no output permutation after them).
-      std::make_shared<q2n::KroneckerTransform<T>>(
-          q2n::KroneckerTransform<T>::random(60, 7).left(),
-          q2n::KroneckerTransform<T>::random(60, 7).right(),
-          q2n::KroneckerTransform<T>::random(60, 7).perm_in()),
-      std::make_shared<q2n::KroneckerTransform<T>>(
-          q2n::KroneckerTransform<T>::random(60, 7).left(),
-          q2n::KroneckerTransform<T>::random(60, 7).right(), std::vector<int>{},
-          q2n::KroneckerTransform<T>::random(60, 7).perm_out()),
+      std::make_shared<q2n::KroneckerTransform<T>>(k60.left(), k60.right(), k60.perm_in()),
+      std::make_shared<q2n::KroneckerTransform<T>>(k60.left(), k60.right(), std::vector<int>{},
+                                                   k60.perm_out()),
       std::make_shared<q2n::DenseTransform<T>>(q2n::KroneckerTransform<T>::random(12, 8).dense())};
   for (const auto& t : ts) {
     const Eigen::Index n = t->size();
